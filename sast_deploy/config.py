@@ -1,0 +1,166 @@
+"""Training recipes: TOML files in ``train/``, validated into frozen dataclasses.
+
+A recipe has four sections::
+
+    name = "nmnist-mlp-sast"
+    [data]        # sast_deploy.data.DataConfig   (dataset, n_time_bins, transforms)
+    [model]       # sast_deploy.model.ModelConfig (arch, widths, beta, v_th, alpha)
+    [optimizer]   # OptimConfig (sast | sam | baseline | ste, lr, rho)
+    [training]    # TrainConfig (epochs, batch_size, seed, ...)
+
+Unknown keys are errors that name the file and the key; ``--set section.key=value``
+overrides any field (values are TOML literals: ``--set model.hidden=[256]``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, Mapping, Optional, Sequence
+
+try:
+    import tomllib  # Python >= 3.11
+except ModuleNotFoundError:  # Python 3.10, the version Lava requires
+    import tomli as tomllib
+
+from .data import DataConfig
+from .model import ModelConfig
+
+OPTIMIZERS = ("sast", "sam", "baseline", "ste")
+
+
+class RecipeError(ValueError):
+    """A recipe is malformed; the message names the file and the field."""
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """``sast``: SAM on the surrogate-forward loss with independent B, B'; ``sam``: B' = B;
+    ``baseline``: surrogate-forward loss, base optimizer only; ``ste``: hard-forward loss with
+    the arctan surrogate gradient, base optimizer only."""
+
+    name: str = "sast"
+    lr: float = 1e-3
+    rho: float = 0.05
+    delta: float = 1e-12
+    weight_decay: float = 0.0
+
+    def __post_init__(self):
+        if self.name not in OPTIMIZERS:
+            raise ValueError(f"optimizer.name: unknown optimizer {self.name!r}; known: {', '.join(OPTIMIZERS)}")
+        if self.lr <= 0:
+            raise ValueError(f"optimizer.lr must be > 0, got {self.lr}")
+        if self.rho < 0:
+            raise ValueError(f"optimizer.rho must be >= 0, got {self.rho}")
+
+    @property
+    def train_mode(self) -> str:
+        """Spike mode of the training forward pass."""
+        return "ste" if self.name == "ste" else "surrogate"
+
+    @property
+    def sharpness_aware(self) -> bool:
+        return self.name in ("sast", "sam")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 10
+    batch_size: int = 128
+    seed: int = 0
+    loss_scale: float = 1.0  # logits = loss_scale * output spike counts
+    eval_batch_size: int = 512
+    device: str = "cpu"  # cpu | cuda | auto
+
+    def __post_init__(self):
+        if self.epochs < 1:
+            raise ValueError(f"training.epochs must be >= 1, got {self.epochs}")
+        if self.batch_size < 1:
+            raise ValueError(f"training.batch_size must be >= 1, got {self.batch_size}")
+        if self.device not in ("cpu", "cuda", "auto"):
+            raise ValueError(f"training.device must be cpu, cuda or auto, got {self.device!r}")
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str = "recipe"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optimizer: OptimConfig = field(default_factory=OptimConfig)
+    training: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> Dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+_SECTIONS = {"data": DataConfig, "model": ModelConfig, "optimizer": OptimConfig, "training": TrainConfig}
+
+
+def recipe_from_dict(raw: Mapping[str, Any], source: str = "<recipe>") -> Recipe:
+    """Validate a parsed recipe; every error names ``source`` and the offending field."""
+    unknown = set(raw) - set(_SECTIONS) - {"name"}
+    if unknown:
+        raise RecipeError(f"{source}: unknown top-level key(s) {sorted(unknown)}; known: name, {', '.join(_SECTIONS)}")
+    parts: Dict[str, Any] = {"name": str(raw.get("name", Path(source).stem))}
+    for section, cls in _SECTIONS.items():
+        values = raw.get(section, {})
+        if not isinstance(values, Mapping):
+            raise RecipeError(f"{source}: [{section}] must be a table, got {type(values).__name__}")
+        known = {f.name: f for f in dataclasses.fields(cls)}
+        bad = set(values) - set(known)
+        if bad:
+            raise RecipeError(f"{source}: unknown key(s) {sorted(f'{section}.{k}' for k in bad)}; known: {sorted(known)}")
+        for key, value in values.items():
+            default = known[key].default if known[key].default is not dataclasses.MISSING else None
+            if isinstance(default, bool) and not isinstance(value, bool):
+                raise RecipeError(f"{source}: {section}.{key} must be true or false, got {value!r}")
+            if isinstance(default, (int, float)) and not isinstance(default, bool) and not isinstance(value, (int, float)):
+                raise RecipeError(f"{source}: {section}.{key} must be a number, got {value!r}")
+            if isinstance(default, str) and not isinstance(value, str):
+                raise RecipeError(f"{source}: {section}.{key} must be a string, got {value!r}")
+        try:
+            kwargs = dict(values)
+            for key, value in kwargs.items():
+                default = known[key].default
+                if isinstance(default, float) and isinstance(value, int):
+                    kwargs[key] = float(value)
+            parts[section] = cls(**kwargs)
+        except (TypeError, ValueError) as exc:
+            raise RecipeError(f"{source}: {exc}") from exc
+    return Recipe(**parts)
+
+
+def _parse_value(text: str) -> Any:
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text  # a bare word is a string: --set data.name=nmnist
+
+
+def apply_overrides(raw: Dict[str, Any], overrides: Sequence[str]) -> Dict[str, Any]:
+    """Apply ``section.key=value`` overrides (nested: ``data.synthetic.seed=3``) to a raw recipe."""
+    raw = {k: (dict(v) if isinstance(v, Mapping) else v) for k, v in raw.items()}
+    for item in overrides:
+        if "=" not in item:
+            raise RecipeError(f"--set {item!r}: expected section.key=value")
+        path, text = item.split("=", 1)
+        keys = path.strip().split(".")
+        node = raw
+        for k in keys[:-1]:
+            node = node.setdefault(k, {})
+            if not isinstance(node, dict):
+                raise RecipeError(f"--set {item!r}: {k} is not a table")
+        node[keys[-1]] = _parse_value(text.strip())
+    return raw
+
+
+def load_recipe(path: str | Path, overrides: Sequence[str] = ()) -> Recipe:
+    path = Path(path)
+    if not path.is_file():
+        raise RecipeError(f"{path}: recipe file not found")
+    try:
+        raw = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise RecipeError(f"{path}: not valid TOML ({exc})") from exc
+    return recipe_from_dict(apply_overrides(raw, overrides), source=str(path))

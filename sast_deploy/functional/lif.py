@@ -1,0 +1,98 @@
+"""The neuron equations, written once. Every backend (training, evaluation, the fixed-point
+emulator and the Loihi export) derives from this file.
+
+Discrete-time LIF without synaptic current, one step per frame bin::
+
+    v'[t] = beta * v[t-1] + I[t]            beta = 1 - dt * tau_mem_inv   (v_leak = 0)
+    s[t]  = f(v'[t] - v_th)                 f: the spike function of the mode
+    v[t]  = v'[t] * (1 - s[t])              multiplicative reset (norse's reset_value, v_reset = 0)
+
+Spike modes on the same weights:
+
+* ``surrogate``: f = arctan sigmoid sigma(x) = arctan(pi/2 * alpha * x) / pi + 1/2 in the
+  forward pass, so the network is smooth and its gradients are exact;
+* ``hard``: f = Heaviside with a strict comparison (v > v_th, as Loihi's ``v > vth``);
+  reset becomes reset-to-zero, as on Loihi;
+* ``ste``: hard forward, arctan surrogate derivative backward (the conventional
+  surrogate-gradient baseline).
+
+Unlike norse's ``lif_box_feed_forward_step`` (which scales the input by dt * tau_mem_inv),
+the input current is added unscaled after the decay: that is Loihi's CUBA update with
+du = 4095 (no synaptic current), so a trained layer maps onto the chip with the same
+weights. Parameters use norse's :class:`LIFBoxParameters`; its ``method`` field names the
+spike mode and ``alpha`` the surrogate slope.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Dict, Tuple
+
+import torch
+from norse.torch.functional.lif_box import LIFBoxFeedForwardState, LIFBoxParameters
+
+SPIKE_MODES = ("surrogate", "hard", "ste")
+
+
+def arctan_sigmoid(x: torch.Tensor, alpha: float) -> torch.Tensor:
+    """sigma(x) = arctan(pi/2 * alpha * x) / pi + 1/2, the smooth stand-in for H(x)."""
+    return torch.atan((math.pi / 2) * alpha * x) / math.pi + 0.5
+
+
+def arctan_sigmoid_grad(x: torch.Tensor, alpha: float) -> torch.Tensor:
+    """d sigma / dx = (alpha / 2) / (1 + (pi/2 * alpha * x)^2)."""
+    return (alpha / 2) / (1 + ((math.pi / 2) * alpha * x) ** 2)
+
+
+def heaviside_strict(x: torch.Tensor, alpha: float = 0.0) -> torch.Tensor:
+    """H(x) with H(0) = 0: a neuron exactly at threshold does not spike (Loihi compares v > vth)."""
+    return (x > 0).to(x.dtype)
+
+
+class _ArcTanSTE(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, alpha: float) -> torch.Tensor:
+        ctx.save_for_backward(x)
+        ctx.alpha = alpha
+        return heaviside_strict(x)
+
+    @staticmethod
+    def backward(ctx, grad_output: torch.Tensor):
+        (x,) = ctx.saved_tensors
+        return grad_output * arctan_sigmoid_grad(x, ctx.alpha), None
+
+
+def arctan_ste(x: torch.Tensor, alpha: float) -> torch.Tensor:
+    """Hard spike forward, arctan surrogate gradient backward."""
+    return _ArcTanSTE.apply(x, alpha)
+
+
+SPIKE_FUNCTIONS: Dict[str, Callable[[torch.Tensor, float], torch.Tensor]] = {
+    "surrogate": arctan_sigmoid,
+    "hard": heaviside_strict,
+    "ste": arctan_ste,
+}
+
+
+def lif_parameters(beta: float, v_th: float, alpha: float, mode: str = "surrogate", dt: float = 1.0) -> LIFBoxParameters:
+    """norse parameters of our LIF. ``beta`` is the membrane decay per step (dt = 1 frame bin)."""
+    if not 0.0 <= beta <= 1.0:
+        raise ValueError(f"beta (membrane decay per step) must be in [0, 1], got {beta}")
+    if mode not in SPIKE_MODES:
+        raise ValueError(f"unknown spike mode {mode!r}; known: {', '.join(SPIKE_MODES)}")
+    return LIFBoxParameters(tau_mem_inv=(1.0 - beta) / dt, v_leak=0.0, v_th=v_th, v_reset=0.0, method=mode, alpha=alpha)
+
+
+def membrane_decay(p: LIFBoxParameters, dt: float = 1.0) -> float:
+    """beta = 1 - dt * tau_mem_inv."""
+    return float(1.0 - dt * p.tau_mem_inv)
+
+
+def lif_step(
+    input_current: torch.Tensor, state: LIFBoxFeedForwardState, p: LIFBoxParameters, dt: float = 1.0
+) -> Tuple[torch.Tensor, LIFBoxFeedForwardState]:
+    """One step of the LIF above; the activation of norse's ``SNN``/``SNNCell``."""
+    v_decayed = state.v + dt * p.tau_mem_inv * (p.v_leak - state.v) + input_current
+    z = SPIKE_FUNCTIONS[p.method](v_decayed - p.v_th, p.alpha)
+    v_new = p.reset_method(z, v_decayed, p.v_reset, p.v_th)
+    return z, LIFBoxFeedForwardState(v=v_new)

@@ -1,0 +1,94 @@
+"""Stage 3, optimizer: SAST (Sharpness-Aware Surrogate Training), SAM applied to the
+surrogate-forward loss, with an explicit two-step API in the manner of davda54/sam.
+
+One SAST step, as in the paper::
+
+    loss(w; B).backward()            # g = grad of the loss on minibatch B at w
+    opt.first_step(zero_grad=True)   # w <- w + eps,  eps = rho * g / (||g|| + delta)
+    loss(w + eps; B').backward()     # gradient at the perturbed point, on an independent B'
+    opt.second_step(zero_grad=True)  # w <- w (restored), then the base optimizer (Adam) step
+
+``sam`` is the same with B' = B. ||g|| is the global L2 norm over all parameters.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Iterable, Optional, Type
+
+import torch
+
+
+class SAST(torch.optim.Optimizer):
+    """Sharpness-aware wrapper around a base optimizer.
+
+    Args:
+        params: parameters to optimise.
+        base_optimizer: optimizer class applied in :meth:`second_step` (default Adam).
+        rho: radius of the perturbation (L2 norm of eps, in weight units).
+        delta: stabiliser of the normalisation ||g|| + delta.
+        **base_kwargs: passed to the base optimizer (lr, betas, weight_decay, ...).
+    """
+
+    def __init__(
+        self,
+        params: Iterable,
+        base_optimizer: Type[torch.optim.Optimizer] = torch.optim.Adam,
+        rho: float = 0.05,
+        delta: float = 1e-12,
+        **base_kwargs,
+    ):
+        if rho < 0:
+            raise ValueError(f"rho must be >= 0, got {rho}")
+        if delta <= 0:
+            raise ValueError(f"delta must be > 0, got {delta}")
+        super().__init__(params, dict(rho=rho, delta=delta, **base_kwargs))
+        self.base_optimizer = base_optimizer(self.param_groups, **base_kwargs)
+        self.param_groups = self.base_optimizer.param_groups
+        self.defaults.update(self.base_optimizer.defaults)
+
+    @torch.no_grad()
+    def grad_norm(self) -> torch.Tensor:
+        """Global L2 norm of the current gradients."""
+        norms = [p.grad.norm(p=2) for g in self.param_groups for p in g["params"] if p.grad is not None]
+        if not norms:
+            raise RuntimeError("SAST.first_step: no gradients; call backward() on the loss of B first")
+        return torch.norm(torch.stack(norms), p=2)
+
+    @torch.no_grad()
+    def first_step(self, zero_grad: bool = False) -> None:
+        """Ascend: w <- w + rho * g / (||g|| + delta), remembering w for :meth:`second_step`."""
+        norm = self.grad_norm()
+        for group in self.param_groups:
+            scale = group["rho"] / (norm + group["delta"])
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                self.state[p]["w"] = p.detach().clone()
+                p.add_(p.grad * scale.to(p))
+        if zero_grad:
+            self.zero_grad()
+
+    @torch.no_grad()
+    def second_step(self, zero_grad: bool = False) -> None:
+        """Restore w and apply the base optimizer with the gradient taken at w + eps."""
+        for group in self.param_groups:
+            for p in group["params"]:
+                if "w" in self.state[p]:
+                    p.copy_(self.state[p].pop("w"))
+        self.base_optimizer.step()
+        if zero_grad:
+            self.zero_grad()
+
+    def step(self, closure: Optional[Callable[[], torch.Tensor]] = None):
+        raise RuntimeError(
+            "SAST needs two gradients per step: call first_step() after the backward pass on B and "
+            "second_step() after the backward pass on B' (see sast_deploy.train.sast_step)"
+        )
+
+    # The moments (Adam's m and v) live in the base optimizer; the saved w is transient.
+    def state_dict(self):
+        return self.base_optimizer.state_dict()
+
+    def load_state_dict(self, state_dict) -> None:
+        self.base_optimizer.load_state_dict(state_dict)
+        self.param_groups = self.base_optimizer.param_groups

@@ -1,0 +1,249 @@
+"""Stage 4, training and evaluation: the SAST loop, the baselines, and both evaluation modes.
+
+Run directory layout (written atomically: temporary file, then rename)::
+
+    RUN_DIR/checkpoint.pt   after every epoch (model, optimizer, history): resume point
+    RUN_DIR/model.pt        final weights, model config, recipe, metrics
+    RUN_DIR/metrics.json    surrogate_accuracy, hard_accuracy (percent), transfer_gap_pp, history
+
+B and B' are drawn from two independent shuffles of the training set, each seeded from
+(seed, epoch, stream), so an interrupted run resumed at an epoch boundary continues
+exactly as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .config import Recipe, recipe_from_dict
+from .fileio import atomic_torch_save, atomic_write_text
+from .data import N_CLASSES, FrameDataset, load_dataset
+from .model import ModelConfig, SpikingNet, build_model, predict, spike_counts
+from .optim import SAST
+
+Batch = Tuple[torch.Tensor, torch.Tensor]
+
+
+class RunError(ValueError):
+    """A run directory is missing or inconsistent; the message names the file."""
+
+
+# --- steps -----------------------------------------------------------------------------
+
+
+def time_first(x: torch.Tensor) -> torch.Tensor:
+    """[B, T, ...] (dataset layout) -> [T, B, ...] (network layout)."""
+    return x.transpose(0, 1)
+
+
+def loss_on(model: SpikingNet, batch: Batch, mode: str, loss_scale: float) -> torch.Tensor:
+    """Cross-entropy of the output spike counts (summed sigma in surrogate mode)."""
+    x, y = batch
+    counts = spike_counts(model(time_first(x), mode=mode))
+    return F.cross_entropy(loss_scale * counts, y)
+
+
+def sast_step(model: SpikingNet, opt: SAST, batch: Batch, batch_prime: Batch, mode: str, loss_scale: float) -> float:
+    """One SAST step: g on B, perturb, gradient at w + eps on B', restore, base step.
+    Pass ``batch_prime = batch`` for plain SAM. Returns the loss on B at w."""
+    loss = loss_on(model, batch, mode, loss_scale)
+    loss.backward()
+    opt.first_step(zero_grad=True)
+    loss_on(model, batch_prime, mode, loss_scale).backward()
+    opt.second_step(zero_grad=True)
+    return float(loss.detach())
+
+
+def plain_step(model: SpikingNet, opt: torch.optim.Optimizer, batch: Batch, mode: str, loss_scale: float) -> float:
+    opt.zero_grad()
+    loss = loss_on(model, batch, mode, loss_scale)
+    loss.backward()
+    opt.step()
+    return float(loss.detach())
+
+
+def make_optimizer(model: SpikingNet, recipe: Recipe) -> torch.optim.Optimizer:
+    o = recipe.optimizer
+    if o.sharpness_aware:
+        return SAST(model.parameters(), torch.optim.Adam, rho=o.rho, delta=o.delta, lr=o.lr, weight_decay=o.weight_decay)
+    return torch.optim.Adam(model.parameters(), lr=o.lr, weight_decay=o.weight_decay)
+
+
+def epoch_order(n: int, seed: int, epoch: int, stream: int) -> torch.Tensor:
+    """The shuffle of stream 0 (B) or 1 (B') in an epoch; independent streams, reproducible."""
+    g = torch.Generator().manual_seed(int(np.random.SeedSequence([seed, epoch, stream]).generate_state(1)[0]))
+    return torch.randperm(n, generator=g)
+
+
+def minibatches(order: torch.Tensor, batch_size: int) -> List[torch.Tensor]:
+    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("training.device = cuda, but no CUDA device is available (use cpu or auto)")
+    return torch.device(name)
+
+
+# --- evaluation ------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def output_counts(model: SpikingNet, data: FrameDataset, mode: str, batch_size: int = 512, device=None) -> torch.Tensor:
+    """Output spike counts [N, classes] over a dataset (summed sigma in surrogate mode)."""
+    model.eval()
+    device = device or next(model.parameters()).device
+    out = []
+    for idx in minibatches(torch.arange(len(data)), batch_size):
+        x, _ = data[idx]
+        out.append(spike_counts(model(time_first(x.to(device)), mode=mode)).cpu())
+    return torch.cat(out) if out else torch.zeros(0, model.n_classes)
+
+
+def accuracy_pct(counts: torch.Tensor, labels: torch.Tensor) -> float:
+    return 100.0 * float((predict(counts) == labels).float().mean()) if len(labels) else float("nan")
+
+
+def evaluate(model: SpikingNet, data: FrameDataset, modes: Sequence[str] = ("surrogate", "hard"), batch_size: int = 512) -> Dict[str, float]:
+    """Accuracy (percent) per mode, plus ``transfer_gap_pp`` when both surrogate and hard are asked."""
+    result = {f"{m}_accuracy": accuracy_pct(output_counts(model, data, m, batch_size), data.labels) for m in modes}
+    if "surrogate" in modes and "hard" in modes:
+        result["transfer_gap_pp"] = result["surrogate_accuracy"] - result["hard_accuracy"]
+    return result
+
+
+# --- the loop --------------------------------------------------------------------------
+
+
+def _checkpoint_matches(ckpt: dict, recipe: Recipe, path: Path) -> None:
+    if ckpt.get("recipe") != recipe.to_dict():
+        raise RunError(
+            f"{path}: the checkpoint was written by a different recipe; use a new --out directory "
+            f"or delete the checkpoint to start over"
+        )
+
+
+def train(
+    recipe: Recipe,
+    out_dir: str | Path,
+    progress: bool = True,
+    resume: bool = True,
+    data: Optional[Tuple[FrameDataset, FrameDataset]] = None,
+    log: Callable[[str], None] = print,
+) -> Dict[str, object]:
+    """Train a recipe into ``out_dir``; returns the metrics written to metrics.json."""
+    from tqdm import tqdm
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    t = recipe.training
+    device = resolve_device(t.device)
+    train_set, test_set = data if data is not None else load_dataset(recipe.data, progress=progress)
+    if len(train_set) == 0 or len(test_set) == 0:
+        raise RunError(f"dataset {recipe.data.name}: empty split (train {len(train_set)}, test {len(test_set)})")
+
+    torch.manual_seed(t.seed)
+    model = build_model(recipe.model, train_set.input_shape, N_CLASSES[recipe.data.name]).to(device)
+    opt = make_optimizer(model, recipe)
+    history: List[Dict[str, float]] = []
+    start_epoch, train_seconds = 0, 0.0
+
+    ckpt_path = out_dir / "checkpoint.pt"
+    if resume and ckpt_path.exists():
+        ckpt = torch.load(ckpt_path, map_location=device)
+        _checkpoint_matches(ckpt, recipe, ckpt_path)
+        model.load_state_dict(ckpt["model"])
+        opt.load_state_dict(ckpt["optimizer"])
+        history, start_epoch, train_seconds = ckpt["history"], ckpt["epoch"], ckpt["train_seconds"]
+        log(f"resuming {out_dir} after epoch {start_epoch}/{t.epochs}")
+
+    mode = recipe.optimizer.train_mode
+    n = len(train_set)
+    passes_per_step = 2 if recipe.optimizer.sharpness_aware else 1
+    for epoch in tqdm(range(start_epoch, t.epochs), desc=f"train {recipe.name}", disable=not progress,
+                      initial=start_epoch, total=t.epochs, unit="epoch"):
+        model.train()
+        batches_b = minibatches(epoch_order(n, t.seed, epoch, 0), t.batch_size)
+        batches_bp = minibatches(epoch_order(n, t.seed, epoch, 1), t.batch_size)
+        losses = []
+        t0 = time.perf_counter()
+        for idx_b, idx_bp in tqdm(list(zip(batches_b, batches_bp)), desc=f"epoch {epoch + 1}", leave=False,
+                                  disable=not progress, unit="step"):
+            batch = tuple(v.to(device) for v in train_set[idx_b])
+            if recipe.optimizer.name == "sast":
+                batch_prime = tuple(v.to(device) for v in train_set[idx_bp])
+                losses.append(sast_step(model, opt, batch, batch_prime, mode, t.loss_scale))
+            elif recipe.optimizer.name == "sam":
+                losses.append(sast_step(model, opt, batch, batch, mode, t.loss_scale))
+            else:
+                losses.append(plain_step(model, opt, batch, mode, t.loss_scale))
+        train_seconds += time.perf_counter() - t0
+        row = {"epoch": epoch + 1, "train_loss": sum(losses) / len(losses), "train_seconds": train_seconds}
+        row.update(evaluate(model, test_set, ("surrogate", "hard"), t.eval_batch_size))
+        history.append(row)
+        if progress:
+            tqdm.write(
+                f"epoch {epoch + 1:3d}  loss {row['train_loss']:.4f}  surrogate {row['surrogate_accuracy']:.2f}%  "
+                f"hard {row['hard_accuracy']:.2f}%  gap {row['transfer_gap_pp']:+.2f} pp"
+            )
+        atomic_torch_save(
+            {"epoch": epoch + 1, "model": model.state_dict(), "optimizer": opt.state_dict(), "history": history,
+             "train_seconds": train_seconds, "recipe": recipe.to_dict()},
+            ckpt_path,
+        )
+
+    final = history[-1] if history else evaluate(model, test_set, ("surrogate", "hard"), t.eval_batch_size)
+    metrics = {
+        "recipe": recipe.name,
+        "optimizer": recipe.optimizer.name,
+        "surrogate_accuracy": final["surrogate_accuracy"],
+        "hard_accuracy": final["hard_accuracy"],
+        "transfer_gap_pp": final["transfer_gap_pp"],
+        "n_test": len(test_set),
+        "n_train": len(train_set),
+        "epochs": t.epochs,
+        "train_seconds": train_seconds,
+        "forward_backward_passes": passes_per_step * len(minibatches(torch.arange(n), t.batch_size)) * t.epochs,
+        "history": history,
+    }
+    save_run(out_dir, model, recipe, metrics)
+    return metrics
+
+
+def save_run(out_dir: Path, model: SpikingNet, recipe: Recipe, metrics: Dict[str, object]) -> None:
+    atomic_torch_save(
+        {"state_dict": model.state_dict(), "model_config": asdict(model.config), "input_shape": model.input_shape,
+         "n_classes": model.n_classes, "recipe": recipe.to_dict(), "metrics": metrics},
+        Path(out_dir) / "model.pt",
+    )
+    atomic_write_text(Path(out_dir) / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+
+
+def load_run(run_dir: str | Path, map_location: str = "cpu") -> Tuple[SpikingNet, Recipe, Dict[str, object]]:
+    """(model, recipe, metrics) of a finished run."""
+    path = Path(run_dir) / "model.pt"
+    if not Path(run_dir).is_dir():
+        raise RunError(f"{run_dir}: run directory not found")
+    if not path.is_file():
+        raise RunError(f"{path}: no model in this run directory (train it first: sast-deploy train ... --out {run_dir})")
+    try:
+        blob = torch.load(path, map_location=map_location)
+        cfg = dict(blob["model_config"])
+        model = build_model(ModelConfig(**cfg), blob["input_shape"], blob["n_classes"])
+        model.load_state_dict(blob["state_dict"])
+        recipe = recipe_from_dict(blob["recipe"], source=str(path))
+    except (KeyError, RuntimeError, TypeError) as exc:
+        raise RunError(f"{path}: not a sast-deploy model file ({exc})") from exc
+    model.eval()
+    return model, recipe, blob.get("metrics", {})
+

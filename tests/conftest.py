@@ -1,0 +1,38 @@
+import os
+from pathlib import Path
+
+import pytest
+
+REFERENCE_NMNIST = Path(__file__).resolve().parents[2] / "shared" / "data" / "nmnist-reference" / "sample_nmnist.bin"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_cache(tmp_path_factory):
+    """Generated data goes to a per-session cache, never the user's."""
+    path = tmp_path_factory.mktemp("sast-deploy-cache")
+    old = os.environ.get("SAST_DEPLOY_CACHE")
+    os.environ["SAST_DEPLOY_CACHE"] = str(path)
+    yield path
+    if old is None:
+        os.environ.pop("SAST_DEPLOY_CACHE", None)
+    else:
+        os.environ["SAST_DEPLOY_CACHE"] = old
+
+
+@pytest.fixture(scope="session")
+def reference_nmnist() -> Path:
+    if not REFERENCE_NMNIST.is_file():
+        pytest.skip(f"{REFERENCE_NMNIST} not found (the shared/ folder beside the project)")
+    return REFERENCE_NMNIST
+
+
+# A small synthetic-nmnist: 200 source images, 2 training variants, 1 test variant, T = 10.
+SMALL_SYNTHETIC = {"max_sources": 200, "train_variants": 2, "test_variants": 1}
+
+
+@pytest.fixture(scope="session")
+def small_data():
+    from sast_deploy.data import DataConfig, load_dataset
+
+    cfg = DataConfig(n_time_bins=10, synthetic=SMALL_SYNTHETIC)
+    return cfg, load_dataset(cfg, progress=False)

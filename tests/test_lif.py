@@ -1,0 +1,83 @@
+"""The neuron equations and the three spike modes on the same weights."""
+
+import math
+
+import numpy as np
+import torch
+
+from sast_deploy.functional.lif import (
+    arctan_sigmoid,
+    arctan_sigmoid_grad,
+    arctan_ste,
+    heaviside_strict,
+    lif_parameters,
+    lif_step,
+)
+from sast_deploy.model import LIF, ModelConfig, build_model, predict
+from norse.torch.functional.lif_box import LIFBoxFeedForwardState
+
+
+def test_arctan_sigmoid_values_and_exact_gradient():
+    x = torch.tensor([-1.0, 0.0, 0.5], requires_grad=True)
+    y = arctan_sigmoid(x, 2.0)
+    expected = [math.atan(math.pi / 2 * 2 * v) / math.pi + 0.5 for v in (-1.0, 0.0, 0.5)]
+    np.testing.assert_allclose(y.detach().numpy(), expected, rtol=1e-6)
+    y.sum().backward()
+    np.testing.assert_allclose(x.grad.numpy(), arctan_sigmoid_grad(x.detach(), 2.0).numpy(), rtol=1e-6)
+    assert float(arctan_sigmoid_grad(torch.tensor(0.0), 2.0)) == 1.0  # alpha / 2 at threshold
+
+
+def test_hard_spike_is_strict_and_ste_has_the_surrogate_gradient():
+    x = torch.tensor([-0.1, 0.0, 1e-6, 2.0], requires_grad=True)
+    assert heaviside_strict(x).tolist() == [0.0, 0.0, 1.0, 1.0]  # v == theta does not spike (Loihi: v > vth)
+    z = arctan_ste(x, 0.5)
+    assert z.tolist() == [0.0, 0.0, 1.0, 1.0]
+    z.sum().backward()
+    np.testing.assert_allclose(x.grad.numpy(), arctan_sigmoid_grad(x.detach(), 0.5).numpy(), rtol=1e-6)
+
+
+def test_lif_step_by_hand():
+    p = lif_parameters(beta=0.75, v_th=1.0, alpha=2.0, mode="hard")
+    v = torch.tensor([0.4, 0.4, 0.0])
+    i = torch.tensor([0.6, 0.8, 1.0])
+    z, s = lif_step(i, LIFBoxFeedForwardState(v=v), p)
+    # v' = 0.75 * v + I = [0.9, 1.1, 1.0]; spikes strictly above 1; reset to zero
+    assert z.tolist() == [0.0, 1.0, 0.0]
+    np.testing.assert_allclose(s.v.numpy(), [0.9, 0.0, 1.0], rtol=1e-6)
+    zs, ss = lif_step(i, LIFBoxFeedForwardState(v=v), p._replace(method="surrogate"))
+    sig = arctan_sigmoid(torch.tensor([0.9, 1.1, 1.0]) - 1.0, 2.0)
+    np.testing.assert_allclose(zs.numpy(), sig.numpy(), rtol=1e-6)
+    np.testing.assert_allclose(ss.v.numpy(), (torch.tensor([0.9, 1.1, 1.0]) * (1 - sig)).numpy(), rtol=1e-6)
+
+
+def test_lif_module_runs_over_time_in_every_mode():
+    lif = LIF(beta=0.5, v_th=1.0, alpha=2.0)
+    currents = torch.tensor([[0.6], [0.6], [0.6], [0.6]])
+    z, _ = lif(currents, mode="hard")
+    # v: 0.6, 0.9, 1.05 -> spike, reset 0, 0.6
+    assert z[:, 0].tolist() == [0.0, 0.0, 1.0, 0.0]
+    zs, _ = lif(currents, mode="surrogate")
+    assert torch.all((zs > 0) & (zs < 1))
+    assert lif.beta == 0.5 and lif.v_th == 1.0
+
+
+def test_one_network_three_modes_same_weights():
+    torch.manual_seed(0)
+    net = build_model(ModelConfig(hidden=(16,), init_gain=4.0), (2, 6, 6), 3)
+    x = (torch.rand(8, 5, 2, 6, 6) < 0.3).float()
+    hard = net(x, mode="hard")
+    ste = net(x, mode="ste")
+    sur = net(x, mode="surrogate")
+    assert hard.shape == (8, 5, 3)
+    assert torch.equal(hard, ste)
+    assert set(hard.unique().tolist()) <= {0.0, 1.0}
+    assert not torch.equal(hard, sur)
+    conv = build_model(ModelConfig(arch="conv", hidden=(), conv_channels=4, conv_kernel=3, conv_stride=1), (2, 10, 10), 11)
+    assert [layer.kind for layer in conv.layers] == ["conv", "pool", "dense"]
+    assert conv((torch.rand(4, 2, 2, 10, 10) < 0.3).float(), mode="hard").shape == (4, 2, 11)
+
+
+def test_prediction_breaks_ties_by_lowest_class_index():
+    counts = torch.tensor([[0.0, 3.0, 3.0], [0.0, 0.0, 0.0], [1.0, 0.0, 2.0]])
+    assert predict(counts).tolist() == [1, 0, 2]
+    assert predict(counts.numpy()).tolist() == [1, 0, 2]

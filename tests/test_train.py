@@ -1,0 +1,130 @@
+"""The training loop, run directories, resume, and the CLI's error handling."""
+
+import json
+
+import pytest
+import torch
+
+from sast_deploy import train as train_mod
+from sast_deploy.cli import main
+from sast_deploy.config import RecipeError, apply_overrides, load_recipe, recipe_from_dict
+from sast_deploy.train import RunError, evaluate, load_run, train
+
+from conftest import SMALL_SYNTHETIC
+
+
+def _recipe(**sets):
+    raw = {
+        "name": "tiny",
+        "data": {"n_time_bins": 10, "synthetic": SMALL_SYNTHETIC},
+        "model": {"hidden": [32], "alpha": 1.0},
+        "optimizer": {"name": "sast", "lr": 5e-3, "rho": 0.1},
+        "training": {"epochs": 2, "batch_size": 32},
+    }
+    return recipe_from_dict(apply_overrides(raw, [f"{k}={v}" for k, v in sets.items()]))
+
+
+@pytest.mark.parametrize("optimizer", ["sast", "sam", "baseline", "ste"])
+def test_every_optimizer_trains_and_writes_a_run(tmp_path, small_data, optimizer):
+    _, data = small_data
+    metrics = train(_recipe(**{"optimizer.name": optimizer}), tmp_path, progress=False, data=data)
+    on_disk = json.loads((tmp_path / "metrics.json").read_text())
+    assert on_disk["transfer_gap_pp"] == pytest.approx(on_disk["surrogate_accuracy"] - on_disk["hard_accuracy"])
+    assert len(on_disk["history"]) == 2
+    assert on_disk["forward_backward_passes"] == (2 if optimizer in ("sast", "sam") else 1) * 2 * -(-len(data[0]) // 32)
+    # it learned something: well above the 10 % of chance on 10 classes
+    assert max(metrics["surrogate_accuracy"], metrics["hard_accuracy"]) > 25
+    model, recipe, saved = load_run(tmp_path)
+    assert recipe.optimizer.name == optimizer and saved["hard_accuracy"] == metrics["hard_accuracy"]
+    assert evaluate(model, data[1], ("hard",))["hard_accuracy"] == pytest.approx(metrics["hard_accuracy"])
+
+
+def test_interrupted_run_resumes_to_the_same_weights(tmp_path, small_data, monkeypatch):
+    _, data = small_data
+    recipe = _recipe(**{"training.epochs": 3})
+    train(recipe, tmp_path / "straight", progress=False, data=data)
+
+    calls = {"n": 0}
+    real_evaluate = train_mod.evaluate
+
+    def crash_in_epoch_two(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return real_evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(train_mod, "evaluate", crash_in_epoch_two)
+    with pytest.raises(KeyboardInterrupt):
+        train(recipe, tmp_path / "resumed", progress=False, data=data)
+    assert not (tmp_path / "resumed" / "model.pt").exists()  # no half-finished outputs
+    assert torch.load(tmp_path / "resumed" / "checkpoint.pt")["epoch"] == 1
+    monkeypatch.setattr(train_mod, "evaluate", real_evaluate)
+    train(recipe, tmp_path / "resumed", progress=False, data=data)
+
+    a, _, ma = load_run(tmp_path / "straight")
+    b, _, mb = load_run(tmp_path / "resumed")
+    for p, q in zip(a.parameters(), b.parameters()):
+        torch.testing.assert_close(p, q)
+    assert [h["hard_accuracy"] for h in ma["history"]] == [h["hard_accuracy"] for h in mb["history"]]
+
+
+def test_checkpoint_of_another_recipe_is_refused(tmp_path, small_data):
+    _, data = small_data
+    train(_recipe(**{"training.epochs": 1}), tmp_path, progress=False, data=data)
+    with pytest.raises(RunError, match="different recipe"):
+        train(_recipe(**{"training.epochs": 1, "optimizer.rho": 0.2}), tmp_path, progress=False, data=data)
+
+
+def test_recipes_in_train_folder_are_valid():
+    from pathlib import Path
+
+    recipes = sorted((Path(__file__).resolve().parents[1] / "train").glob("*.toml"))
+    assert recipes
+    for path in recipes:
+        load_recipe(path)
+
+
+def test_recipe_errors_name_file_and_field(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[model]\nalpah = 2.0\n')
+    with pytest.raises(RecipeError, match=r"bad.toml.*model.alpah"):
+        load_recipe(bad)
+    bad.write_text('[optimizer]\nrho = "big"\n')
+    with pytest.raises(RecipeError, match=r"optimizer.rho must be a number"):
+        load_recipe(bad)
+    bad.write_text('[optimizer]\nname = "adamw"\n')
+    with pytest.raises(RecipeError, match=r"unknown optimizer 'adamw'"):
+        load_recipe(bad)
+    with pytest.raises(RecipeError, match="not found"):
+        load_recipe(tmp_path / "missing.toml")
+    good = tmp_path / "good.toml"
+    good.write_text("[model]\nalpha = 2\n")
+    r = load_recipe(good, ["model.hidden=[64, 32]", "data.name=nmnist", "optimizer.rho=0.3"])
+    assert r.model.hidden == (64, 32) and r.data.name == "nmnist" and r.optimizer.rho == 0.3 and r.model.alpha == 2.0
+
+
+def test_cli_errors_are_one_line_and_nonzero(tmp_path, capsys):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[training]\nepochs = 0\n")
+    assert main(["train", "--config", str(bad), "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert "bad.toml" in err and "training.epochs" in err
+    assert not (tmp_path / "run" / "model.pt").exists()
+    (tmp_path / "empty").mkdir()
+    assert main(["evaluate", str(tmp_path / "empty")]) == 2
+    assert "no model in this run directory" in capsys.readouterr().err
+
+
+def test_cli_train_and_evaluate(tmp_path, capsys):
+    recipe = tmp_path / "tiny.toml"
+    recipe.write_text(
+        'name = "tiny"\n[data]\nn_time_bins = 10\n[data.synthetic]\nmax_sources = 200\ntrain_variants = 2\ntest_variants = 1\n'
+        '[model]\nhidden = [16]\n[optimizer]\nname = "sast"\n[training]\nepochs = 1\nbatch_size = 64\n'
+    )
+    assert main(["train", "--config", str(recipe), "--set", "optimizer.rho=0.2", "--out", str(tmp_path / "run"), "--quiet"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert {"surrogate_accuracy", "hard_accuracy", "transfer_gap_pp"} <= set(printed)
+    assert main(["evaluate", str(tmp_path / "run"), "--mode", "both", "--quiet"]) == 0
+    ev = json.loads(capsys.readouterr().out)
+    assert ev["hard_accuracy"] == pytest.approx(printed["hard_accuracy"])
+    assert ev["transfer_gap_pp"] == pytest.approx(printed["transfer_gap_pp"])
