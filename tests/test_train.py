@@ -128,3 +128,12 @@ def test_cli_train_and_evaluate(tmp_path, capsys):
     ev = json.loads(capsys.readouterr().out)
     assert ev["hard_accuracy"] == pytest.approx(printed["hard_accuracy"])
     assert ev["transfer_gap_pp"] == pytest.approx(printed["transfer_gap_pp"])
+
+
+def test_conv_net_trains_on_event_frames(tmp_path, small_data):
+    _, data = small_data
+    recipe = _recipe(**{"model.arch": "conv", "model.hidden": "[]", "model.conv_channels": 4, "training.epochs": 1, "optimizer.name": "baseline"})
+    metrics = train(recipe, tmp_path, progress=False, data=data)
+    model, _, _ = load_run(tmp_path)
+    assert [layer.kind for layer in model.layers] == ["conv", "pool", "dense"]
+    assert metrics["surrogate_accuracy"] > 15

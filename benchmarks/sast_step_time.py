@@ -1,0 +1,71 @@
+"""Per-step wall time of SAST against the baseline (one forward-backward pass), measured in
+one run on the same model, data and thread settings. Expected ratio: near 2.0 (SAST does two
+forward-backward passes per step; the perturbation itself is cheap).
+
+    python benchmarks/sast_step_time.py [--steps 30] [--batch 128] [--time-bins 30] [--hidden 128]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from sast_deploy.model import ModelConfig, build_model
+from sast_deploy.optim import SAST
+from sast_deploy.train import plain_step, sast_step
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--steps", type=int, default=30, help="timed steps per method (after 3 warm-up steps)")
+    ap.add_argument("--batch", type=int, default=128)
+    ap.add_argument("--time-bins", type=int, default=30)
+    ap.add_argument("--hidden", type=int, default=128)
+    ap.add_argument("--density", type=float, default=0.05, help="input spike density (synthetic-nmnist: ~0.05)")
+    args = ap.parse_args(argv)
+
+    torch.manual_seed(0)
+    shape = (2, 34, 34)
+    cfg = ModelConfig(hidden=(args.hidden,))
+    g = torch.Generator().manual_seed(1)
+
+    def batch():
+        x = (torch.rand(args.batch, args.time_bins, *shape, generator=g) < args.density).float()
+        return x, torch.randint(0, 10, (args.batch,), generator=g)
+
+    batches = [batch() for _ in range(8)]
+    base_model = build_model(cfg, shape, 10)
+    sast_model = build_model(cfg, shape, 10)
+    sast_model.load_state_dict(base_model.state_dict())
+    adam = torch.optim.Adam(base_model.parameters(), lr=1e-3)
+    sast = SAST(sast_model.parameters(), rho=0.3, lr=1e-3)
+
+    def base_step(i):
+        plain_step(base_model, adam, batches[i % 8], "surrogate", 1.0)
+
+    def sast_one(i):
+        sast_step(sast_model, sast, batches[i % 8], batches[(i + 3) % 8], "surrogate", 1.0)
+
+    times = {"baseline": [], "sast": []}
+    for i in range(3):  # warm-up
+        base_step(i)
+        sast_one(i)
+    for i in range(args.steps):  # interleaved, so drifts in machine load hit both alike
+        for name, fn in (("baseline", base_step), ("sast", sast_one)):
+            t0 = time.perf_counter()
+            fn(i)
+            times[name].append(time.perf_counter() - t0)
+
+    med = {k: statistics.median(v) for k, v in times.items()}
+    print(f"MLP 2312-{args.hidden}-10, T={args.time_bins}, batch {args.batch}, {torch.get_num_threads()} threads, {args.steps} steps each")
+    for k in ("baseline", "sast"):
+        print(f"  {k:9s} median {1000 * med[k]:8.1f} ms/step   ({args.batch / med[k]:7.0f} samples/s)")
+    print(f"SAST/baseline per-step wall-time ratio: {med['sast'] / med['baseline']:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

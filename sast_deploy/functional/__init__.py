@@ -1,0 +1,1 @@
+"""Pure step functions (norse style): the neuron equations live in :mod:`.lif`."""
