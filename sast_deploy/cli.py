@@ -2,6 +2,9 @@
 
     sast-deploy train --config train/demo.toml [--set key=value ...] --out RUN_DIR
     sast-deploy evaluate RUN_DIR [--mode surrogate|hard|both]
+    sast-deploy export RUN_DIR --target lava [--out NET.h5] [--spec export/loihi2.toml]
+    sast-deploy simulate NET.h5 --run RUN_DIR [--samples N] [--out FILE]
+    sast-deploy compare RUN_DIR [--samples N]
     sast-deploy demo [--out runs/demo]
 
 Every command exits non-zero with a one-line message naming the file or field at fault.
@@ -12,6 +15,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+
+import numpy as np
 from pathlib import Path
 from typing import List, Optional
 
@@ -49,6 +54,62 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+EXPORT_TARGETS = ("lava",)
+
+
+def cmd_export(args) -> int:
+    from .compare import export_run, load_spec
+
+    report = export_run(args.run_dir, args.out, load_spec(args.spec))
+    print(f"wrote {report['net']} ({report['target']})")
+    print("| layer | kind | weights | scale | vThMant | vDecay | clipped | mean abs quant error | warnings |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in report["layers"]:
+        print(f"| {r['layer']} | {r['kind']} | {r['shape']} | {r['scale']:.1f} | {r['vth_mant']} | {r['v_decay']} | "
+              f"{r['clipped_weights']} | {r['mean_abs_quant_error']:.2e} | {'; '.join(r['warnings']) or '-'} |")
+    return 0
+
+
+def cmd_simulate(args) -> int:
+    from .compare import check_input
+    from .data import load_dataset
+    from .export import read_netx
+    from .fileio import atomic_write_text
+    from .model import predict
+    from .simulate import simulate_lava
+    from .train import load_run
+
+    qnet = read_netx(args.net)
+    _, recipe, _ = load_run(args.run)
+    _, test = load_dataset(recipe.data, progress=not args.quiet)
+    check_input(qnet, test, Path(args.net))
+    n = min(args.samples, len(test)) if args.samples > 0 else len(test)
+    res = simulate_lava(args.net, test.frames[:n].numpy(), progress=not args.quiet)
+    pred = predict(res.counts)
+    labels = test.labels[:n].numpy()
+    out = {
+        "net": str(args.net), "run": str(args.run), "n_samples": n,
+        "accuracy": float(100.0 * np.mean(pred == labels)),
+        "samples_per_s": res.samples_per_s, "timesteps_per_s": res.timesteps_per_s,
+        "compile_seconds": res.compile_seconds, "run_seconds": res.seconds,
+        "labels": labels.tolist(), "predictions": pred.tolist(), "spike_counts": res.counts.tolist(),
+    }
+    path = Path(args.out) if args.out else Path(args.run) / "simulate.json"
+    atomic_write_text(path, json.dumps(out) + "\n")
+    print(json.dumps({k: v for k, v in out.items() if k not in ("labels", "predictions", "spike_counts")}, indent=2))
+    print(f"per-sample results: {path}")
+    return 0
+
+
+def cmd_compare(args) -> int:
+    from .compare import compare_markdown, compare_run, load_spec
+
+    result = compare_run(args.run_dir, samples=args.samples, progress=not args.quiet, spec=load_spec(args.spec))
+    print(compare_markdown([(Path(args.run_dir).name, result)]))
+    print(f"wrote {Path(args.run_dir) / 'compare.json'} and compare.md")
+    return 0
+
+
 def cmd_demo(args) -> int:
     from .config import load_recipe
     from .data import load_dataset
@@ -69,6 +130,16 @@ def cmd_demo(args) -> int:
     print("|---|---|---|---|---|")
     for opt, m in rows:
         print(f"| {opt} | {m['surrogate_accuracy']:.2f} | {m['hard_accuracy']:.2f} | {m['transfer_gap_pp']:+.2f} | {m['train_seconds']:.0f} |")
+    if args.lava_samples == 0:
+        return 0
+    from .compare import compare_markdown, compare_run
+
+    compared = []
+    for opt, _ in rows:
+        print(f"\n== {opt}: export to Loihi 2 fixed point, emulate the test split, run {args.lava_samples} samples on Lava")
+        compared.append((opt, compare_run(out / opt, samples=args.lava_samples, progress=True)))
+    print("\nDeployment (hard spikes): float PyTorch, quantized emulator, Lava simulator\n")
+    print(compare_markdown(compared))
     return 0
 
 
@@ -94,19 +165,44 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", default=DEMO_RECIPE, help=f"recipe (default train/{DEMO_RECIPE})")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--out", default="runs/demo")
+    p.add_argument("--lava-samples", type=int, default=200, help="test samples run on Lava's simulator (0: skip deployment)")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("export", help="quantize a run to Loihi 2 fixed point and write a netx HDF5 network")
+    p.add_argument("run_dir")
+    p.add_argument("--target", default="lava", choices=EXPORT_TARGETS, help="export target")
+    p.add_argument("--out", help="output file (default RUN_DIR/net.h5)")
+    p.add_argument("--spec", help="target spec TOML (default export/loihi2.toml)")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("simulate", help="run an exported network on Lava's CPU simulator (Loihi2SimCfg, fixed_pt)")
+    p.add_argument("net", help="netx HDF5 file")
+    p.add_argument("--run", required=True, help="the run whose recipe names the dataset")
+    p.add_argument("--samples", type=int, default=500, help="test samples to run (0 = all)")
+    p.add_argument("--out", help="output JSON (default RUN_DIR/simulate.json)")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_simulate)
+
+    p = sub.add_parser("compare", help="float vs quantized emulator vs Lava, sample by sample (compare.json, compare.md)")
+    p.add_argument("run_dir")
+    p.add_argument("--samples", type=int, default=500, help="test samples run on Lava (the emulator runs them all)")
+    p.add_argument("--spec", help="target spec TOML (default export/loihi2.toml)")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_compare)
     return ap
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     from .config import RecipeError
     from .data import DataError
+    from .export import NetxFormatError
+    from .quantize import QuantizationError
     from .train import RunError
 
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (RecipeError, DataError, RunError, FileNotFoundError) as exc:
+    except (RecipeError, DataError, RunError, NetxFormatError, QuantizationError, FileNotFoundError) as exc:
         print(f"sast-deploy {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

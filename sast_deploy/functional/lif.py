@@ -96,3 +96,45 @@ def lif_step(
     z = SPIKE_FUNCTIONS[p.method](v_decayed - p.v_th, p.alpha)
     v_new = p.reset_method(z, v_decayed, p.v_reset, p.v_th)
     return z, LIFBoxFeedForwardState(v=v_new)
+
+
+# --- the same equations in Loihi 2 fixed point ------------------------------------------
+#
+# Lava's PyLifModelBitAcc (lava-nc 0.10.0, lava/proc/lif/models.py) with du = 4095
+# (netx iDecay = 4096: no synaptic current) computes, per step, in integers:
+#
+#     u  = wrap24(a << 6)                           a: synaptic input (weight mantissa units)
+#     v' = sign(v * (4096 - dv)) * (|v * (4096 - dv)| >> 12) + u     decay truncates toward 0
+#     v' = clip(v', -(2^23 - 1), 2^23 - 1)          24-bit state saturates
+#     s  = v' > (vth << 6)                          strict threshold
+#     v  = v' * (1 - s)                             reset to zero
+#
+# That is lif_step above with beta = (4096 - dv) / 4096, v_th = vth and input = a: one model.
+
+LOIHI_DECAY_UNITY = 4096  # decays are 12-bit fractions of 4096
+LOIHI_ACT_SHIFT = 6  # synaptic input and threshold are MSB-aligned by 6 bits
+LOIHI_STATE_BITS = 24
+
+
+def decay_to_fixed_point(beta: float) -> int:
+    """Loihi's voltage decay dv (0..4096) for a membrane decay beta per step: round(4096 (1 - beta))."""
+    return int(round(LOIHI_DECAY_UNITY * (1.0 - beta)))
+
+
+def shift_toward_zero(x: torch.Tensor, bits: int) -> torch.Tensor:
+    """sign(x) * (|x| >> bits): Lava's decay rounding (truncation toward zero), int64 tensors."""
+    return torch.sign(x) * (x.abs() >> bits)
+
+
+def lif_step_fixed_point(a_in: torch.Tensor, v: torch.Tensor, dv: int, vth_mant: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """One bit-accurate Loihi 2 LIF step (no synaptic current). ``a_in`` and ``v`` are int64
+    tensors; returns (spikes as int64 0/1, new v)."""
+    half = 1 << (LOIHI_STATE_BITS - 1)
+    limit = half - 1
+    u = a_in << LOIHI_ACT_SHIFT
+    # Lava wraps u once (not modulo): > 2^23 loses 2^24, <= -2^23 gains 2^24
+    u = torch.where(u > half, u - 2 * half, torch.where(u <= -half, u + 2 * half, u))
+    v_new = shift_toward_zero(v * (LOIHI_DECAY_UNITY - dv), 12) + u
+    v_new = v_new.clamp(-limit, limit)
+    s = (v_new > (vth_mant << LOIHI_ACT_SHIFT)).to(torch.int64)
+    return s, v_new * (1 - s)

@@ -1,0 +1,111 @@
+"""Stage 8, comparison: float PyTorch, the fixed-point emulator and Lava's simulator, sample by
+sample, on a trained run. Writes ``compare.json`` and ``compare.md`` in the run directory.
+
+Accuracies are percent; gaps are percentage points:
+  transfer_gap_pp      surrogate − hard (float), full test split
+  quantization_gap_pp  hard (float) − Lava, on the samples Lava ran
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Dict, Optional
+
+import numpy as np
+import torch
+
+from .data import FrameDataset, load_dataset
+from .export import read_netx, write_netx
+from .fileio import atomic_write_text
+from .model import predict
+from .quantize import Loihi2Spec, QuantizedNet, emulate_counts, quantize
+from .simulate import simulate_lava
+from .train import RunError, accuracy_pct, load_run, output_counts
+
+DEFAULT_SPEC = Path(__file__).resolve().parent.parent / "export" / "loihi2.toml"
+
+
+def load_spec(path: Optional[str | Path] = None) -> Loihi2Spec:
+    path = Path(path) if path else DEFAULT_SPEC
+    return Loihi2Spec.from_toml(path) if path.is_file() else Loihi2Spec()
+
+
+def export_run(run_dir: str | Path, out: Optional[str | Path] = None, spec: Optional[Loihi2Spec] = None) -> Dict[str, object]:
+    """Quantize a run and write its netx HDF5 (default RUN_DIR/net.h5) and quantization.json."""
+    model, recipe, _ = load_run(run_dir)
+    qnet = quantize(model, spec or load_spec())
+    out = Path(out) if out else Path(run_dir) / "net.h5"
+    write_netx(qnet, out, metadata={"recipe": recipe.name, "n_time_bins": recipe.data.n_time_bins})
+    report = {"net": str(out), "target": qnet.spec.name, "layers": qnet.report()}
+    atomic_write_text(Path(run_dir) / "quantization.json", json.dumps(report, indent=2) + "\n")
+    return report
+
+
+def check_input(qnet: QuantizedNet, data: FrameDataset, net_path: Path) -> None:
+    n_net = int(np.prod(qnet.layers[0].in_shape))
+    n_data = int(np.prod(data.input_shape))
+    if n_net != n_data:
+        raise RunError(
+            f"{net_path}: the network takes {n_net} inputs per time step (layer 1 input shape "
+            f"{qnet.layers[0].in_shape}), the dataset provides {n_data} ({data.input_shape})"
+        )
+
+
+def compare_run(run_dir: str | Path, samples: int = 500, progress: bool = True, spec: Optional[Loihi2Spec] = None) -> Dict[str, object]:
+    run_dir = Path(run_dir)
+    model, recipe, metrics = load_run(run_dir)
+    net_path = run_dir / "net.h5"
+    if not net_path.exists() or net_path.stat().st_mtime < (run_dir / "model.pt").stat().st_mtime:
+        export_run(run_dir, net_path, spec)
+    qnet = read_netx(net_path)
+    _, test = load_dataset(recipe.data, progress=progress)
+    check_input(qnet, test, net_path)
+    labels = test.labels
+    sur = output_counts(model, test, "surrogate")
+    hard = output_counts(model, test, "hard")
+    emu = emulate_counts(qnet, test.frames, progress=progress)
+    n = min(samples, len(test)) if samples > 0 else len(test)
+    sim = simulate_lava(net_path, test.frames[:n].numpy(), progress=progress)
+    lava = torch.from_numpy(sim.counts)
+    emu_sub, hard_sub, y_sub = emu[:n], hard[:n], labels[:n]
+    result = {
+        "run": str(run_dir),
+        "n_samples": n,
+        "n_test": len(test),
+        "surrogate_accuracy": accuracy_pct(sur, labels),
+        "hard_accuracy": accuracy_pct(hard, labels),
+        "emulator_accuracy": accuracy_pct(emu, labels),
+        "transfer_gap_pp": accuracy_pct(sur, labels) - accuracy_pct(hard, labels),
+        "emulator_quantization_gap_pp": accuracy_pct(hard, labels) - accuracy_pct(emu, labels),
+        "hard_accuracy_lava_subset": accuracy_pct(hard_sub, y_sub),
+        "emulator_accuracy_lava_subset": accuracy_pct(emu_sub, y_sub),
+        "lava_accuracy": accuracy_pct(lava, y_sub),
+        "quantization_gap_pp": accuracy_pct(hard_sub, y_sub) - accuracy_pct(lava, y_sub),
+        "lava_emulator_agreement": float((lava == emu_sub).all(dim=1).float().mean()),
+        "lava_emulator_prediction_agreement": float((predict(lava) == predict(emu_sub)).float().mean()),
+        "lava_hard_prediction_agreement": float((predict(lava) == predict(hard_sub)).float().mean()),
+        "emulator_hard_count_agreement": float((emu == hard).all(dim=1).float().mean()),
+        "lava_samples_per_s": sim.samples_per_s,
+        "lava_timesteps_per_s": sim.timesteps_per_s,
+        "lava_compile_seconds": sim.compile_seconds,
+    }
+    atomic_write_text(run_dir / "compare.json", json.dumps(result, indent=2) + "\n")
+    atomic_write_text(run_dir / "compare.md", compare_markdown([(run_dir.name, result)]))
+    return result
+
+
+def compare_markdown(rows) -> str:
+    lines = [
+        "| run | surrogate % | hard float % | hard quantized (emulator) % | Lava % (n) | hard float on Lava subset % | "
+        "Lava = emulator (spike counts) | Lava = hard float (predictions) | transfer gap pp | quantization gap pp |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, r in rows:
+        lines.append(
+            f"| {name} | {r['surrogate_accuracy']:.2f} | {r['hard_accuracy']:.2f} | {r['emulator_accuracy']:.2f} | "
+            f"{r['lava_accuracy']:.2f} ({r['n_samples']}) | {r['hard_accuracy_lava_subset']:.2f} | "
+            f"{r['lava_emulator_agreement']:.4f} | {r['lava_hard_prediction_agreement']:.4f} | "
+            f"{r['transfer_gap_pp']:+.2f} | {r['quantization_gap_pp']:+.2f} |"
+        )
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,299 @@
+"""Stage 5, quantization: a trained network in Loihi 2 fixed point, and its bit-exact emulator.
+
+Each LIF layer maps onto Lava's ``PyLifModelBitAcc`` fed by a Dense (``PyDenseModelBitAcc``)
+or Conv (``PyConvModelFixed``) process, as lava-dl netx builds them:
+
+* weights: signed ``weight_bits`` mantissas (8 by default), ``w_int = round(w * scale)``;
+* threshold: ``vth_mant = round(v_th * scale)`` (compared as v > vth << 6), same scale, so
+  the layer computes the float layer's function scaled by ``scale``;
+* current decay: ``iDecay = 4096`` (netx du = 4095): no synaptic current, as in training;
+* voltage decay: ``vDecay = round(4096 (1 - beta))``.
+
+The scale of a layer is the largest that keeps every weight inside the mantissa range and
+the threshold inside 17 bits. The sum-pool layer is a depthwise convolution with one weight
+(netx 0.6.0 has no pool layer). :class:`FixedPointNet` runs exactly this arithmetic on
+integer tensors, batched over samples; Lava's simulator cross-checks it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .functional.lif import LOIHI_STATE_BITS, decay_to_fixed_point, lif_step_fixed_point
+from .model import SpikingNet
+
+try:
+    import tomllib
+except ModuleNotFoundError:
+    import tomli as tomllib
+
+
+class QuantizationError(ValueError):
+    """The network cannot be represented on the target; the message names the layer and field."""
+
+
+@dataclass(frozen=True)
+class Loihi2Spec:
+    """A Loihi 2 export target (``export/loihi2.toml``)."""
+
+    name: str = "loihi2"
+    weight_bits: int = 8  # signed weight mantissa bits
+    vth_bits: int = 17  # unsigned threshold mantissa bits
+    state_bits: int = 24  # signed u and v
+    i_decay: int = 4096  # netx iDecay: 4096 = no synaptic current
+
+    @classmethod
+    def from_toml(cls, path: str | Path) -> "Loihi2Spec":
+        path = Path(path)
+        try:
+            raw = tomllib.loads(path.read_text())
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise QuantizationError(f"{path}: cannot read the target spec ({exc})") from exc
+        known = {f.name for f in dataclasses.fields(cls)}
+        bad = set(raw) - known
+        if bad:
+            raise QuantizationError(f"{path}: unknown key(s) {sorted(bad)}; known: {sorted(known)}")
+        spec = cls(**raw)
+        if not 2 <= spec.weight_bits <= 8:
+            raise QuantizationError(f"{path}: weight_bits must be in 2..8, got {spec.weight_bits}")
+        return spec
+
+    @property
+    def weight_max(self) -> int:
+        return (1 << (self.weight_bits - 1)) - 1
+
+    @property
+    def vth_max(self) -> int:
+        return (1 << self.vth_bits) - 1
+
+
+@dataclass
+class QuantizedLayer:
+    """One layer in fixed point. Weights: dense [out, in]; conv/pool [out, in/groups, kH, kW]."""
+
+    kind: str
+    weight: np.ndarray  # int64 mantissas
+    vth_mant: int
+    v_decay: int
+    i_decay: int
+    scale: float  # mantissa units per float weight unit
+    in_shape: Tuple[int, ...]  # (C, H, W) or (N,)
+    out_shape: Tuple[int, ...]
+    stride: Tuple[int, int] = (1, 1)
+    padding: Tuple[int, int] = (0, 0)
+    groups: int = 1
+    n_clipped: int = 0
+    mean_abs_error: float = 0.0  # mean |w - w_int / scale| in float weight units
+
+
+@dataclass
+class QuantizedNet:
+    layers: List[QuantizedLayer]
+    input_shape: Tuple[int, int, int]
+    n_classes: int
+    spec: Loihi2Spec = field(default_factory=Loihi2Spec)
+
+    def report(self) -> List[Dict[str, object]]:
+        """Per layer: scale, clipped weights, mean |quantization error|, out-of-range warnings."""
+        rows = []
+        for i, q in enumerate(self.layers):
+            fan_in = int(np.abs(q.weight).reshape(q.weight.shape[0], -1).sum(1).max())
+            worst_u = fan_in << 6  # every input spiking at once, all weights at their magnitude
+            warnings = []
+            if q.vth_mant > self.spec.vth_max:
+                warnings.append(f"vth_mant {q.vth_mant} exceeds {self.spec.vth_bits} bits")
+            if worst_u >= 1 << (self.spec.state_bits - 1):
+                warnings.append(f"worst-case input {worst_u} can exceed the {self.spec.state_bits}-bit state (wraps)")
+            rows.append({
+                "layer": i, "kind": q.kind, "shape": list(q.weight.shape), "scale": q.scale,
+                "vth_mant": q.vth_mant, "v_decay": q.v_decay, "i_decay": q.i_decay,
+                "weight_min": int(q.weight.min()), "weight_max": int(q.weight.max()),
+                "clipped_weights": q.n_clipped, "mean_abs_quant_error": q.mean_abs_error,
+                "worst_case_input": worst_u, "warnings": warnings,
+            })
+        return rows
+
+
+def _quantize_weights(w: np.ndarray, v_th: float, spec: Loihi2Spec, layer: str) -> Tuple[np.ndarray, int, float, int, float]:
+    max_abs = float(np.abs(w).max())
+    if max_abs == 0.0:
+        raise QuantizationError(f"{layer}: all weights are zero (nothing to deploy; netx cannot load it either)")
+    scale = spec.weight_max / max_abs
+    scale = min(scale, spec.vth_max / v_th)  # the threshold must fit its mantissa
+    w_int = np.rint(w * scale).astype(np.int64)
+    n_clipped = int(np.sum((w_int > spec.weight_max) | (w_int < -spec.weight_max - 1)))
+    w_int = np.clip(w_int, -spec.weight_max - 1, spec.weight_max)
+    vth_mant = int(round(v_th * scale))
+    if vth_mant < 1:
+        raise QuantizationError(f"{layer}: threshold rounds to 0 at scale {scale:.3g}")
+    err = float(np.mean(np.abs(w - w_int / scale)))
+    return w_int, vth_mant, scale, n_clipped, err
+
+
+def quantize(model: SpikingNet, spec: Loihi2Spec = Loihi2Spec()) -> QuantizedNet:
+    """Map every layer of a trained network to Loihi 2 fixed point."""
+    layers: List[QuantizedLayer] = []
+    shape: Tuple[int, ...] = model.input_shape
+    for i, layer in enumerate(model.layers):
+        lif = layer.lif
+        dv = decay_to_fixed_point(lif.beta)
+        name = f"layer {i} ({layer.kind})"
+        if layer.kind == "dense":
+            w = layer.synapse.weight.detach().double().numpy()
+            w_int, vth, scale, clipped, err = _quantize_weights(w, lif.v_th, spec, name)
+            in_shape = (int(np.prod(shape)),)
+            out_shape: Tuple[int, ...] = (w.shape[0],)
+            layers.append(QuantizedLayer("dense", w_int, vth, dv, spec.i_decay, scale, in_shape, out_shape, n_clipped=clipped, mean_abs_error=err))
+        elif layer.kind == "conv":
+            conv = layer.synapse
+            w = conv.weight.detach().double().numpy()
+            w_int, vth, scale, clipped, err = _quantize_weights(w, lif.v_th, spec, name)
+            out_shape = _conv_out(shape, w.shape[0], w.shape[2:], conv.stride, conv.padding)
+            layers.append(QuantizedLayer("conv", w_int, vth, dv, spec.i_decay, scale, tuple(shape), out_shape,
+                                         stride=tuple(conv.stride), padding=tuple(conv.padding), groups=conv.groups,
+                                         n_clipped=clipped, mean_abs_error=err))
+        elif layer.kind == "pool":
+            k, channels = layer.synapse.kernel, shape[0]
+            w = np.full((channels, 1, k, k), float(layer.synapse.weight))
+            w_int, vth, scale, clipped, err = _quantize_weights(w, lif.v_th, spec, name)
+            out_shape = _conv_out(shape, channels, (k, k), (k, k), (0, 0))
+            layers.append(QuantizedLayer("pool", w_int, vth, dv, spec.i_decay, scale, tuple(shape), out_shape,
+                                         stride=(k, k), groups=channels, n_clipped=clipped, mean_abs_error=err))
+        else:
+            raise QuantizationError(f"{name}: no Loihi 2 mapping for layer kind {layer.kind!r}")
+        shape = out_shape
+    return QuantizedNet(layers, model.input_shape, model.n_classes, spec)
+
+
+def _conv_out(shape, channels, kernel, stride, padding) -> Tuple[int, int, int]:
+    _, h, w = shape
+    return (
+        int(channels),
+        (h + 2 * padding[0] - kernel[0]) // stride[0] + 1,
+        (w + 2 * padding[1] - kernel[1]) // stride[1] + 1,
+    )
+
+
+# --- netx's weight pipeline --------------------------------------------------------------
+
+
+def netx_dense_weights(w: np.ndarray) -> Tuple[np.ndarray, int]:
+    """The weights a netx Dense process actually holds, and its weight exponent.
+
+    netx (lava/lib/dl/netx/utils.py ``optimize_weight_bits``) rescales the integer weights to
+    use 8 bits, and PyDenseModelBitAcc then clips and truncates them by the sign mode it
+    re-derives (lava/utils/weightutils.py); its output is (W_stored @ s) shifted by
+    weight_exp (a floor on the sum). For mixed-sign matrices this is lossless; it is not for
+    some all-inhibitory ones, which is why the emulator applies exactly this pipeline.
+    """
+    w = np.asarray(w).astype(np.int64)
+    mx, mn = w.max(), w.min()
+    if mx > 254 and mn < 0:
+        w = np.clip(w, -256, 254)
+        mx = w.max()
+    if mn < -256 and mx > 0:
+        w = np.clip(w, -256, 254)
+        mn = w.min()
+    if mx < 0:
+        signed, scale = 0, -256 / mn
+    elif mn >= 0:
+        if mx == 0:
+            raise QuantizationError("all weights are zero: netx cannot load this layer")
+        signed, scale = 0, 255 / mx
+    else:
+        signed = 1
+        scale = min(127 / mx if mx > 0 else np.inf, -128 / mn)
+    scale_bits = int(np.floor(np.log2(scale)) + signed)
+    n = 8
+    while n > 0 and np.sum(np.abs(w / 2**n - np.round(w / 2**n))) != 0:
+        n -= 1
+    n -= signed
+    num_weight_bits, weight_exp = 8 - scale_bits - n, -scale_bits
+    ws = (np.left_shift(w, scale_bits) if scale_bits >= 0 else np.zeros_like(w)).astype(np.int64)
+    mode = "exc" if ws.min() >= 0 else ("inh" if ws.max() <= 0 else "mix")
+    if mode == "inh":
+        ws = -np.clip(-ws, 0, 255)
+    elif mode == "exc":
+        ws = np.clip(ws, 0, 255)
+    else:
+        ws = np.clip(ws, -256, 255)
+    drop = 8 - num_weight_bits + (mode == "mix")
+    ws = -((-ws >> drop) << drop) if mode == "inh" else (ws >> drop) << drop
+    return ws, weight_exp
+
+
+# --- the emulator --------------------------------------------------------------------------
+
+
+def _wrap(x: torch.Tensor, bits: int) -> torch.Tensor:
+    half = 1 << (bits - 1)
+    return torch.remainder(x + half, 2 * half) - half
+
+
+class FixedPointNet:
+    """Bit-exact PyTorch emulation of the exported network as Lava runs it (int64 tensors).
+
+    Spike counts are those of the Lava graph over each sample's window: the one-step delay
+    each Lava layer adds shifts spikes in time but does not change any layer's input
+    sequence, so the emulator runs the layers without delays.
+    """
+
+    def __init__(self, qnet: QuantizedNet):
+        self.qnet = qnet
+        self._synapses = []
+        for q in qnet.layers:
+            if q.kind == "dense":
+                ws, wexp = netx_dense_weights(q.weight)
+                self._synapses.append(("dense", torch.from_numpy(ws).double(), wexp))
+            else:
+                # Conv: raw integer weights, no truncation; output wraps at 24 bits (PyConvModelFixed)
+                self._synapses.append(("conv", torch.from_numpy(q.weight).double(), 0))
+
+    def _input(self, i: int, s: torch.Tensor) -> torch.Tensor:
+        kind, w, wexp = self._synapses[i]
+        q = self.qnet.layers[i]
+        if kind == "dense":
+            # float64 products of small integers are exact (far below 2^53)
+            a = torch.round(s.reshape(s.shape[0], -1).double() @ w.T).to(torch.int64)
+            return a << wexp if wexp > 0 else a >> -wexp
+        a = F.conv2d(s.double(), w, stride=q.stride, padding=q.padding, groups=q.groups)
+        return _wrap(torch.round(a).to(torch.int64), LOIHI_STATE_BITS)
+
+    @torch.no_grad()
+    def run(self, frames: torch.Tensor, record: bool = False):
+        """Output spike counts [B, classes] for binary frames [B, T, P, H, W]; with ``record``
+        also every layer's spikes [T, B, ...]."""
+        spikes = frames.to(torch.int64).transpose(0, 1)  # [T, B, ...]
+        recorded = []
+        for i, q in enumerate(self.qnet.layers):
+            n_t, b = spikes.shape[:2]
+            a_all = self._input(i, spikes.reshape(n_t * b, *spikes.shape[2:]))  # all steps at once
+            a_all = a_all.reshape(n_t, b, *a_all.shape[1:])
+            v = torch.zeros_like(a_all[0])
+            out = []
+            for t in range(n_t):
+                s, v = lif_step_fixed_point(a_all[t], v, q.v_decay, q.vth_mant)
+                out.append(s)
+            spikes = torch.stack(out)
+            if record:
+                recorded.append(spikes)
+        counts = spikes.sum(0).reshape(spikes.shape[1], -1)
+        return (counts, recorded) if record else counts
+
+
+def emulate_counts(qnet: QuantizedNet, frames: torch.Tensor, batch_size: int = 256, progress: bool = False) -> torch.Tensor:
+    """Emulator output spike counts [N, classes] for uint8/float frames [N, T, P, H, W]."""
+    from tqdm import tqdm
+
+    emu = FixedPointNet(qnet)
+    out = []
+    for start in tqdm(range(0, len(frames), batch_size), desc="emulator", disable=not progress, unit="batch"):
+        out.append(emu.run(frames[start : start + batch_size]))
+    return torch.cat(out) if out else torch.zeros(0, qnet.n_classes, dtype=torch.int64)

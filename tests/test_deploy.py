@@ -1,0 +1,217 @@
+"""Loihi 2 fixed point: quantization, netx export, Lava's simulator and the emulator agree."""
+
+import json
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from sast_deploy.cli import main
+from sast_deploy.compare import compare_run, export_run
+from sast_deploy.export import NetxFormatError, read_netx, write_netx
+from sast_deploy.model import ModelConfig, build_model
+from sast_deploy.quantize import (
+    FixedPointNet,
+    Loihi2Spec,
+    QuantizationError,
+    QuantizedLayer,
+    QuantizedNet,
+    emulate_counts,
+    netx_dense_weights,
+    quantize,
+)
+from sast_deploy.simulate import simulate_lava
+from sast_deploy.train import RunError, output_counts, train
+
+from test_train import _recipe
+
+
+def _dense(w, vth, dv):
+    return QuantizedLayer("dense", np.asarray(w, dtype=np.int64), vth, dv, 4096, 1.0, (w.shape[1],), (w.shape[0],))
+
+
+def _random_mlp(seed, sizes, vths, dvs, extremes=True, inhibitory_last=False):
+    rng = np.random.default_rng(seed)
+    layers = []
+    for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+        w = rng.integers(-128, 128, size=(n_out, n_in))
+        if extremes:
+            w.flat[:4] = [-128, 127, -128, 127]
+        if inhibitory_last and i == len(sizes) - 2:
+            w = -np.abs(w)  # an all-inhibitory matrix with min -128: netx's lossy clip (-128 -> ...)
+            w.flat[0] = -128
+            w[:, :2] = 90  # keep some excitation so the layer spikes
+        layers.append(_dense(w, vths[i], dvs[i]))
+    return QuantizedNet(layers, (1, 1, sizes[0]), sizes[-1])
+
+
+def _spikes(seed, n, t, shape, density=0.3):
+    return (np.random.default_rng(seed).random((n, t) + shape) < density).astype(np.uint8)
+
+
+@pytest.mark.parametrize(
+    "seed,vths,dvs",
+    [(0, (300, 400), (410, 0)), (1, (1, 2000), (4096, 1000)), (2, (131071, 50), (2048, 4095))],
+)
+def test_lava_equals_emulator_on_random_mlps(tmp_path, seed, vths, dvs):
+    qnet = _random_mlp(seed, (24, 12, 5), vths, dvs)
+    path = write_netx(qnet, tmp_path / "net.h5")
+    frames = _spikes(seed, 6, 10, (1, 1, 24))
+    sim = simulate_lava(path, frames, progress=False, chunks=3)
+    emu = emulate_counts(read_netx(path), torch.from_numpy(frames)).numpy()
+    np.testing.assert_array_equal(sim.counts, emu)
+    if seed == 0:
+        assert sim.counts.sum() > 0  # the comparison is not between two silent networks
+
+
+def test_lava_equals_emulator_through_netx_weight_traps(tmp_path):
+    qnet = _random_mlp(3, (16, 10, 4), (200, 60), (300, 300), inhibitory_last=True)
+    stored, _ = netx_dense_weights(qnet.layers[1].weight)
+    path = write_netx(qnet, tmp_path / "net.h5")
+    frames = _spikes(3, 5, 12, (1, 1, 16), 0.5)
+    sim = simulate_lava(path, frames, progress=False)
+    np.testing.assert_array_equal(sim.counts, emulate_counts(read_netx(path), torch.from_numpy(frames)).numpy())
+
+
+def _conv_model(beta):
+    torch.manual_seed(0)
+    cfg = ModelConfig(arch="conv", hidden=(), conv_channels=3, conv_kernel=3, conv_stride=1, beta=beta, v_th=1.0)
+    model = build_model(cfg, (2, 9, 8), 4)
+    # an asymmetric kernel with asymmetric stride and padding: a flipped or transposed kernel
+    # (lava-dl issue 260) changes the result. conv -> (3, 9, 4), pool 2 -> (3, 4, 2) = 24
+    model.layers[0].synapse = torch.nn.Conv2d(2, 3, (3, 2), stride=(1, 2), padding=(1, 0), bias=False)
+    model.layers[2].synapse = torch.nn.Linear(24, 4, bias=False)
+    with torch.no_grad():
+        model.layers[0].synapse.weight.copy_(torch.randint(-6, 7, (3, 2, 3, 2)).float() / 4)
+        model.layers[2].synapse.weight.copy_(torch.randn(4, 24))
+    return model
+
+
+def test_conv_net_lava_equals_emulator(tmp_path):
+    model = _conv_model(beta=0.0)
+    qnet = quantize(model)
+    assert [q.kind for q in qnet.layers] == ["conv", "pool", "dense"]
+    path = write_netx(qnet, tmp_path / "conv.h5")
+    frames = _spikes(5, 6, 8, (2, 9, 8), 0.4)
+    sim = simulate_lava(path, frames, progress=False)
+    emu = emulate_counts(read_netx(path), torch.from_numpy(frames)).numpy()
+    np.testing.assert_array_equal(sim.counts, emu)
+    assert sim.counts.sum() > 0
+
+
+def test_emulator_runs_the_same_equations_as_the_float_model():
+    # weights that are exact multiples of 1/scale and decays without rounding (beta 0 or 1)
+    for beta in (0.0, 1.0):
+        torch.manual_seed(1)
+        model = build_model(ModelConfig(hidden=(20,), beta=beta, v_th=1.0), (2, 5, 5), 6)
+        with torch.no_grad():
+            for layer in model.layers:
+                w = layer.synapse.weight
+                w.copy_(torch.randint(-127, 128, w.shape).float() / 64.0)  # scale becomes 64 exactly
+                w.view(-1)[0] = 127 / 64.0
+        qnet = quantize(model)
+        assert [q.scale for q in qnet.layers] == [64.0, 64.0]
+        frames = torch.from_numpy(_spikes(7, 32, 12, (2, 5, 5)))
+        from sast_deploy.data import FrameDataset
+
+        # float32 is exact here: sums of a few dozen multiples of 1/64
+        float_counts = output_counts(model, FrameDataset(frames.numpy(), np.zeros(32)), "hard").long()
+        assert torch.equal(emulate_counts(qnet, frames), float_counts)
+        assert float_counts.sum() > 0
+
+
+def test_quantization_report_and_errors():
+    model = build_model(ModelConfig(hidden=(8,)), (2, 4, 4), 3)
+    qnet = quantize(model, Loihi2Spec())
+    rows = qnet.report()
+    assert [r["weight_max"] <= 127 and r["weight_min"] >= -128 for r in rows] == [True, True]
+    assert all(r["clipped_weights"] == 0 and r["mean_abs_quant_error"] > 0 for r in rows)
+    assert max(max(abs(r["weight_max"]), abs(r["weight_min"])) for r in rows) >= 127  # the 8-bit range is used
+    assert rows[0]["v_decay"] == 410  # round(4096 * (1 - 0.9))
+    with torch.no_grad():
+        model.layers[1].synapse.weight.zero_()
+    with pytest.raises(QuantizationError, match=r"layer 1 \(dense\): all weights are zero"):
+        quantize(model)
+
+
+def test_netx_loads_the_export_as_a_process_graph(tmp_path):
+    from lava.lib.dl.netx.hdf5 import Network
+
+    qnet = _random_mlp(0, (24, 12, 5), (300, 400), (410, 0))
+    net = Network(net_config=str(write_netx(qnet, tmp_path / "net.h5")))
+    assert len(net.layers) == 2 and tuple(net.inp.shape) == (24,) and tuple(net.out.shape) == (5,)
+    assert np.array_equal(net.layers[0].neuron.vth.init, 300)
+    cnet = Network(net_config=str(write_netx(quantize(_conv_model(0.5)), tmp_path / "conv.h5")))
+    assert len(cnet.layers) == 3 and tuple(cnet.inp.shape) == (8, 9, 2)  # Lava's (x, y, channels)
+
+
+def _break(path, group, key, value=None):
+    with h5py.File(path, "a") as f:
+        del f[f"{group}/{key}"]
+        if value is not None:
+            f[group].create_dataset(key, data=value)
+
+
+def test_malformed_networks_are_named_by_file_and_field(tmp_path):
+    qnet = _random_mlp(0, (24, 12, 5), (300, 400), (410, 0))
+    cases = [
+        ("layer/1/neuron", "vThMant", None, "missing field /layer/1/neuron/vThMant"),
+        ("layer/2", "weight", np.full((5, 12), 0.5), "/layer/2/weight must hold integers"),
+        ("layer/2", "weight", np.zeros((5, 12), dtype=int), "/layer/2/weight is all zero"),
+        ("layer/1", "weight", np.ones((12, 7), dtype=int), "/layer/1/weight has shape"),
+        ("layer/1/neuron", "vDecay", 5000, "vDecay = 5000 is outside"),
+    ]
+    for group, key, value, message in cases:
+        path = write_netx(qnet, tmp_path / f"{key}.h5")
+        _break(path, group, key, value)
+        with pytest.raises(NetxFormatError, match=message) as info:
+            read_netx(path)
+        assert str(path) in str(info.value)
+    with pytest.raises(NetxFormatError, match="not found"):
+        read_netx(tmp_path / "missing.h5")
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory, small_data):
+    _, data = small_data
+    run = tmp_path_factory.mktemp("run")
+    train(_recipe(**{"training.epochs": 2, "optimizer.name": "baseline", "model.alpha": 2.0}), run, progress=False, data=data)
+    return run
+
+
+def test_compare_on_a_trained_run(trained_run, capsys):
+    assert main(["compare", str(trained_run), "--samples", "25", "--quiet"]) == 0
+    result = json.loads((trained_run / "compare.json").read_text())
+    for key in ("surrogate_accuracy", "hard_accuracy", "emulator_accuracy", "lava_accuracy", "lava_emulator_agreement",
+                "lava_hard_prediction_agreement", "transfer_gap_pp", "quantization_gap_pp", "n_samples"):
+        assert key in result
+    assert result["n_samples"] == 25
+    assert result["lava_emulator_agreement"] == 1.0
+    assert result["emulator_accuracy_lava_subset"] == result["lava_accuracy"]
+    assert (trained_run / "compare.md").read_text().startswith("| run |")
+    assert "| " + trained_run.name in capsys.readouterr().out
+
+
+def test_cli_export_simulate_and_bad_inputs(trained_run, tmp_path, capsys, small_data):
+    assert main(["export", str(trained_run), "--out", str(tmp_path / "n.h5")]) == 0
+    assert "vThMant" in capsys.readouterr().out
+    assert main(["simulate", str(tmp_path / "n.h5"), "--run", str(trained_run), "--samples", "5", "--out", str(tmp_path / "s.json"), "--quiet"]) == 0
+    sim = json.loads((tmp_path / "s.json").read_text())
+    assert len(sim["spike_counts"]) == 5 and sim["timesteps_per_s"] > 0
+    # a run directory without a model: error, and no network written
+    (tmp_path / "empty").mkdir()
+    assert main(["export", str(tmp_path / "empty")]) == 2
+    assert "no model in this run directory" in capsys.readouterr().err
+    assert not (tmp_path / "empty" / "net.h5").exists()
+    # a network whose input size does not match the dataset
+    other = write_netx(_random_mlp(0, (24, 12, 10), (300, 400), (410, 0)), tmp_path / "small.h5")
+    assert main(["simulate", str(other), "--run", str(trained_run), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "small.h5" in err and "takes 24 inputs" in err
+    # a malformed file
+    bad = tmp_path / "bad.h5"
+    write_netx(_random_mlp(0, (24, 12, 10), (300, 400), (410, 0)), bad)
+    _break(bad, "layer/1/neuron", "iDecay")
+    assert main(["simulate", str(bad), "--run", str(trained_run), "--quiet", "--out", str(tmp_path / "x.json")]) == 2
+    assert "iDecay" in capsys.readouterr().err and not (tmp_path / "x.json").exists()
