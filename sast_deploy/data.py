@@ -18,13 +18,13 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 
 from .fileio import atomic_save_npz
-from .synthetic import EVENT_DTYPE, EventSplit, SyntheticNMNISTConfig, generate_synthetic_nmnist
+from .synthetic import EventSplit, SyntheticNMNISTConfig, generate_synthetic_nmnist
 
 DATASETS = ("synthetic-nmnist", "nmnist", "dvsgesture")
 N_CLASSES = {"synthetic-nmnist": 10, "nmnist": 10, "dvsgesture": 11}

@@ -9,7 +9,7 @@ Inputs are time-first spike tensors [T, B, P, H, W]; outputs are spikes [T, B, c
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import List, Optional, Sequence, Tuple, Union
+from typing import List, Sequence, Tuple, Union
 
 import numpy as np
 import torch

@@ -8,11 +8,9 @@ import pytest
 import torch
 
 from sast_deploy.cli import main
-from sast_deploy.compare import compare_run, export_run
 from sast_deploy.export import NetxFormatError, read_netx, write_netx
 from sast_deploy.model import ModelConfig, build_model
 from sast_deploy.quantize import (
-    FixedPointNet,
     Loihi2Spec,
     QuantizationError,
     QuantizedLayer,
@@ -22,7 +20,7 @@ from sast_deploy.quantize import (
     quantize,
 )
 from sast_deploy.simulate import simulate_lava
-from sast_deploy.train import RunError, output_counts, train
+from sast_deploy.train import output_counts, train
 
 from test_train import _recipe
 
