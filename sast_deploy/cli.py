@@ -2,7 +2,7 @@
 
     sast-deploy train --config train/demo.toml [--set key=value ...] --out RUN_DIR
     sast-deploy evaluate RUN_DIR [--mode surrogate|hard|both]
-    sast-deploy export RUN_DIR --target lava [--out NET.h5] [--spec export/loihi2.toml]
+    sast-deploy export RUN_DIR --target lava|nir|onnx [--out FILE] [--spec export/loihi2.toml]
     sast-deploy simulate NET.h5 --run RUN_DIR [--samples N] [--out FILE]
     sast-deploy compare RUN_DIR [--samples N]
     sast-deploy demo [--out runs/demo]
@@ -25,10 +25,11 @@ DEMO_RECIPE = "demo.toml"
 
 
 def _find_recipe(name: str) -> Path:
+    """A recipe path, or the name of one in train/ ('demo' or 'demo.toml')."""
     p = Path(name)
-    if p.exists() or p.suffix == ".toml":
+    if p.exists() or p.parent != Path("."):
         return p
-    return RECIPES_DIR / f"{name}.toml"
+    return RECIPES_DIR / (name if p.suffix == ".toml" else f"{name}.toml")
 
 
 def cmd_train(args) -> int:
@@ -54,12 +55,37 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
-EXPORT_TARGETS = ("lava",)
+EXPORT_TARGETS = {
+    "lava": "Loihi 2 fixed point as lava-dl netx HDF5 (RUN_DIR/net.h5), loads as a Lava process graph",
+    "nir": "the float network as a NIR graph (RUN_DIR/net.nir), for norse, snnTorch, Rockpool, Sinabs, ...",
+    "onnx": "the quantized hard-spike network as an integer ONNX one-step graph (RUN_DIR/net.onnx)",
+}
 
 
 def cmd_export(args) -> int:
     from .compare import export_run, load_spec
 
+    if args.target is None or args.run_dir is None:
+        print("export targets:")
+        for name, what in EXPORT_TARGETS.items():
+            print(f"  {name:5s} {what}")
+        return 0 if args.target is None else 2
+    if args.target not in EXPORT_TARGETS:
+        print(f"sast-deploy export: error: unknown target {args.target!r}; known: {', '.join(EXPORT_TARGETS)}", file=sys.stderr)
+        return 2
+    if args.target in ("nir", "onnx"):
+        from .interchange import write_nir, write_onnx
+        from .quantize import quantize
+        from .train import load_run
+
+        model, _, _ = load_run(args.run_dir)
+        out = Path(args.out) if args.out else Path(args.run_dir) / f"net.{args.target}"
+        if args.target == "nir":
+            write_nir(model, out)
+        else:
+            write_onnx(quantize(model, load_spec(args.spec)), out)
+        print(f"wrote {out} ({args.target})")
+        return 0
     report = export_run(args.run_dir, args.out, load_spec(args.spec))
     print(f"wrote {report['net']} ({report['target']})")
     print("| layer | kind | weights | scale | vThMant | vDecay | clipped | mean abs quant error | warnings |")
@@ -168,10 +194,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lava-samples", type=int, default=200, help="test samples run on Lava's simulator (0: skip deployment)")
     p.set_defaults(func=cmd_demo)
 
-    p = sub.add_parser("export", help="quantize a run to Loihi 2 fixed point and write a netx HDF5 network")
-    p.add_argument("run_dir")
-    p.add_argument("--target", default="lava", choices=EXPORT_TARGETS, help="export target")
-    p.add_argument("--out", help="output file (default RUN_DIR/net.h5)")
+    p = sub.add_parser("export", help="export a run: Loihi 2 netx HDF5 (lava), NIR or ONNX")
+    p.add_argument("run_dir", nargs="?")
+    p.add_argument("--target", nargs="?", const=None, default="lava",
+                   help=f"export target: {', '.join(EXPORT_TARGETS)} (default lava; --target alone lists them)")
+    p.add_argument("--out", help="output file (default RUN_DIR/net.h5, net.nir or net.onnx)")
     p.add_argument("--spec", help="target spec TOML (default export/loihi2.toml)")
     p.set_defaults(func=cmd_export)
 

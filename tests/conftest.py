@@ -36,3 +36,15 @@ def small_data():
 
     cfg = DataConfig(n_time_bins=10, synthetic=SMALL_SYNTHETIC)
     return cfg, load_dataset(cfg, progress=False)
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory, small_data):
+    """A run trained for 2 epochs on the small synthetic set (baseline, alpha 2)."""
+    from sast_deploy.train import train
+    from test_train import _recipe
+
+    _, data = small_data
+    run = tmp_path_factory.mktemp("run")
+    train(_recipe(**{"training.epochs": 2, "optimizer.name": "baseline", "model.alpha": 2.0}), run, progress=False, data=data)
+    return run

@@ -170,14 +170,6 @@ def test_malformed_networks_are_named_by_file_and_field(tmp_path):
         read_netx(tmp_path / "missing.h5")
 
 
-@pytest.fixture(scope="module")
-def trained_run(tmp_path_factory, small_data):
-    _, data = small_data
-    run = tmp_path_factory.mktemp("run")
-    train(_recipe(**{"training.epochs": 2, "optimizer.name": "baseline", "model.alpha": 2.0}), run, progress=False, data=data)
-    return run
-
-
 def test_compare_on_a_trained_run(trained_run, capsys):
     assert main(["compare", str(trained_run), "--samples", "25", "--quiet"]) == 0
     result = json.loads((trained_run / "compare.json").read_text())
