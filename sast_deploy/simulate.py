@@ -10,6 +10,8 @@ then L empty steps that flush the pipeline. Output spikes of a window are that s
 
 from __future__ import annotations
 
+import contextlib
+import io
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,7 +61,9 @@ def simulate_lava(
     state carries over between calls exactly as within one call). The runtime is always
     stopped, also on errors and Ctrl-C.
     """
-    from lava.lib.dl.netx.hdf5 import Network
+    # lava-dl's slayer prints CUDA and Prophesee notices on import (errors still raise)
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        from lava.lib.dl.netx.hdf5 import Network
     from lava.magma.core.run_conditions import RunSteps
     from lava.magma.core.run_configs import Loihi2SimCfg
     from lava.proc.io.sink import RingBuffer as Sink
