@@ -16,9 +16,12 @@ import argparse
 import json
 import sys
 
-import numpy as np
 from pathlib import Path
 from typing import List, Optional
+
+import numpy as np
+
+from .quantize import QuantizationError
 
 RECIPES_DIR = Path(__file__).resolve().parent.parent / "train"
 DEMO_RECIPE = "demo.toml"
@@ -55,6 +58,20 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def _spec(args):
+    import dataclasses
+
+    from .compare import load_spec
+
+    spec = load_spec(getattr(args, "spec", None))
+    bits = getattr(args, "weight_bits", None)
+    if bits is not None:
+        if not 2 <= bits <= 8:
+            raise QuantizationError(f"--weight-bits must be in 2..8, got {bits}")
+        spec = dataclasses.replace(spec, weight_bits=bits, name=f"{spec.name}-w{bits}")
+    return spec
+
+
 EXPORT_TARGETS = {
     "lava": "Loihi 2 fixed point as lava-dl netx HDF5 (RUN_DIR/net.h5), loads as a Lava process graph",
     "nir": "the float network as a NIR graph (RUN_DIR/net.nir), for norse, snnTorch, Rockpool, Sinabs, ...",
@@ -63,7 +80,7 @@ EXPORT_TARGETS = {
 
 
 def cmd_export(args) -> int:
-    from .compare import export_run, load_spec
+    from .compare import export_run
 
     if args.target is None or args.run_dir is None:
         print("export targets:")
@@ -83,10 +100,10 @@ def cmd_export(args) -> int:
         if args.target == "nir":
             write_nir(model, out)
         else:
-            write_onnx(quantize(model, load_spec(args.spec)), out)
+            write_onnx(quantize(model, _spec(args)), out)
         print(f"wrote {out} ({args.target})")
         return 0
-    report = export_run(args.run_dir, args.out, load_spec(args.spec))
+    report = export_run(args.run_dir, args.out, _spec(args))
     print(f"wrote {report['net']} ({report['target']})")
     print("| layer | kind | weights | scale | vThMant | vDecay | clipped | mean abs quant error | warnings |")
     print("|---|---|---|---|---|---|---|---|---|")
@@ -128,11 +145,26 @@ def cmd_simulate(args) -> int:
 
 
 def cmd_compare(args) -> int:
-    from .compare import compare_markdown, compare_run, load_spec
+    from .compare import compare_markdown, compare_run, precision_suffix
 
-    result = compare_run(args.run_dir, samples=args.samples, progress=not args.quiet, spec=load_spec(args.spec))
+    spec = _spec(args)
+    result = compare_run(args.run_dir, samples=args.samples, progress=not args.quiet, spec=spec)
     print(compare_markdown([(Path(args.run_dir).name, result)]))
-    print(f"wrote {Path(args.run_dir) / 'compare.json'} and compare.md")
+    suffix = precision_suffix(spec)
+    print(f"wrote {Path(args.run_dir) / f'compare{suffix}.json'} and compare{suffix}.md")
+    return 0
+
+
+def cmd_precision(args) -> int:
+    from .compare import precision_markdown, precision_table
+    from .fileio import atomic_write_text
+
+    bits = tuple(int(b) for b in args.bits.split(","))
+    table = precision_table(args.run_dirs, bits)
+    md = precision_markdown(table)
+    print(md)
+    if args.out:
+        atomic_write_text(Path(args.out), json.dumps(table, indent=2) + "\n")
     return 0
 
 
@@ -199,7 +231,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target", nargs="?", const=None, default="lava",
                    help=f"export target: {', '.join(EXPORT_TARGETS)} (default lava; --target alone lists them)")
     p.add_argument("--out", help="output file (default RUN_DIR/net.h5, net.nir or net.onnx)")
-    p.add_argument("--spec", help="target spec TOML (default export/loihi2.toml)")
+    p.add_argument("--spec", help="target spec TOML (default export/loihi2.toml; export/loihi2-w4.toml: 4-bit weights)")
+    p.add_argument("--weight-bits", type=int, help="weight mantissa bits (8, 6, 4, ...), overrides the spec")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("simulate", help="run an exported network on Lava's CPU simulator (Loihi2SimCfg, fixed_pt)")
@@ -214,8 +247,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir")
     p.add_argument("--samples", type=int, default=500, help="test samples run on Lava (the emulator runs them all)")
     p.add_argument("--spec", help="target spec TOML (default export/loihi2.toml)")
+    p.add_argument("--weight-bits", type=int, help="weight mantissa bits, overrides the spec (files get a -wN suffix)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("precision", help="hard-spike accuracy and SynOps of runs at 8/6/4-bit weights (emulator), mean ± std per method")
+    p.add_argument("run_dirs", nargs="+")
+    p.add_argument("--bits", default="8,6,4")
+    p.add_argument("--out", help="also write the table as JSON")
+    p.set_defaults(func=cmd_precision)
     return ap
 
 
@@ -223,7 +263,6 @@ def main(argv: Optional[List[str]] = None) -> int:
     from .config import RecipeError
     from .data import DataError
     from .export import NetxFormatError
-    from .quantize import QuantizationError
     from .train import RunError
 
     args = build_parser().parse_args(argv)

@@ -8,6 +8,7 @@ Accuracies are percent; gaps are percentage points:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Dict, Optional
@@ -19,7 +20,7 @@ from .data import FrameDataset, load_dataset
 from .export import read_netx, write_netx
 from .fileio import atomic_write_text
 from .model import predict
-from .quantize import Loihi2Spec, QuantizedNet, emulate_counts, quantize
+from .quantize import Loihi2Spec, QuantizedNet, emulate, quantize
 from .simulate import simulate_lava
 from .train import RunError, accuracy_pct, load_run, output_counts
 
@@ -52,10 +53,18 @@ def check_input(qnet: QuantizedNet, data: FrameDataset, net_path: Path) -> None:
         )
 
 
+def precision_suffix(spec: Loihi2Spec) -> str:
+    """File-name suffix of a weight precision: '' for the default 8 bits, '-w4' for 4 bits."""
+    return "" if spec.weight_bits == 8 else f"-w{spec.weight_bits}"
+
+
 def compare_run(run_dir: str | Path, samples: int = 500, progress: bool = True, spec: Optional[Loihi2Spec] = None) -> Dict[str, object]:
+    """Writes RUN_DIR/compare.json and compare.md (compare-w4.json etc. below 8 weight bits)."""
     run_dir = Path(run_dir)
+    spec = spec or load_spec()
     model, recipe, metrics = load_run(run_dir)
-    net_path = run_dir / "net.h5"
+    suffix = precision_suffix(spec)
+    net_path = run_dir / f"net{suffix}.h5"
     if not net_path.exists() or net_path.stat().st_mtime < (run_dir / "model.pt").stat().st_mtime:
         export_run(run_dir, net_path, spec)
     qnet = read_netx(net_path)
@@ -64,13 +73,15 @@ def compare_run(run_dir: str | Path, samples: int = 500, progress: bool = True, 
     labels = test.labels
     sur = output_counts(model, test, "surrogate")
     hard = output_counts(model, test, "hard")
-    emu = emulate_counts(qnet, test.frames, progress=progress)
+    emulation = emulate(qnet, test.frames, progress=progress)
+    emu = emulation.counts
     n = min(samples, len(test)) if samples > 0 else len(test)
     sim = simulate_lava(net_path, test.frames[:n].numpy(), progress=progress)
     lava = torch.from_numpy(sim.counts)
     emu_sub, hard_sub, y_sub = emu[:n], hard[:n], labels[:n]
     result = {
         "run": str(run_dir),
+        "weight_bits": spec.weight_bits,
         "n_samples": n,
         "n_test": len(test),
         "surrogate_accuracy": accuracy_pct(sur, labels),
@@ -89,23 +100,62 @@ def compare_run(run_dir: str | Path, samples: int = 500, progress: bool = True, 
         "lava_samples_per_s": sim.samples_per_s,
         "lava_timesteps_per_s": sim.timesteps_per_s,
         "lava_compile_seconds": sim.compile_seconds,
+        **emulation.activity(),  # SynOps and spike rates over the full test split (emulator)
     }
-    atomic_write_text(run_dir / "compare.json", json.dumps(result, indent=2) + "\n")
-    atomic_write_text(run_dir / "compare.md", compare_markdown([(run_dir.name, result)]))
+    atomic_write_text(run_dir / f"compare{suffix}.json", json.dumps(result, indent=2) + "\n")
+    atomic_write_text(run_dir / f"compare{suffix}.md", compare_markdown([(run_dir.name, result)]))
     return result
 
 
 def compare_markdown(rows) -> str:
     lines = [
-        "| run | surrogate % | hard float % | hard quantized (emulator) % | Lava % (n) | hard float on Lava subset % | "
-        "Lava = emulator (spike counts) | Lava = hard float (predictions) | transfer gap pp | quantization gap pp |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| run | weight bits | surrogate % | hard float % | hard quantized (emulator) % | Lava % (n) | hard float on Lava subset % | "
+        "Lava = emulator (spike counts) | Lava = hard float (predictions) | transfer gap pp | quantization gap pp | SynOps/sample |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, r in rows:
         lines.append(
-            f"| {name} | {r['surrogate_accuracy']:.2f} | {r['hard_accuracy']:.2f} | {r['emulator_accuracy']:.2f} | "
+            f"| {name} | {r['weight_bits']} | {r['surrogate_accuracy']:.2f} | {r['hard_accuracy']:.2f} | {r['emulator_accuracy']:.2f} | "
             f"{r['lava_accuracy']:.2f} ({r['n_samples']}) | {r['hard_accuracy_lava_subset']:.2f} | "
             f"{r['lava_emulator_agreement']:.4f} | {r['lava_hard_prediction_agreement']:.4f} | "
-            f"{r['transfer_gap_pp']:+.2f} | {r['quantization_gap_pp']:+.2f} |"
+            f"{r['transfer_gap_pp']:+.2f} | {r['quantization_gap_pp']:+.2f} | {r['synops_per_sample']:.0f} |"
         )
+    return "\n".join(lines) + "\n"
+
+
+def precision_table(run_dirs, bits=(8, 6, 4), progress: bool = False) -> Dict[str, object]:
+    """Hard-spike accuracy of the quantized emulator at each weight precision, per run and as
+    mean ± std per optimizer (full test split)."""
+    import statistics
+
+    rows = []
+    for run in run_dirs:
+        model, recipe, metrics = load_run(run)
+        _, test = load_dataset(recipe.data, progress=progress)
+        row = {"run": str(run), "optimizer": recipe.optimizer.name, "hard_float": metrics.get("hard_accuracy")}
+        for b in bits:
+            e = emulate(quantize(model, dataclasses.replace(load_spec(), weight_bits=b)), test.frames)
+            row[f"w{b}"] = accuracy_pct(e.counts, test.labels)
+            row[f"synops_w{b}"] = e.synops_per_sample
+        rows.append(row)
+    summary = {}
+    for opt in sorted({r["optimizer"] for r in rows}):
+        group = [r for r in rows if r["optimizer"] == opt]
+        summary[opt] = {}
+        for key in ["hard_float"] + [f"w{b}" for b in bits] + [f"synops_w{b}" for b in bits]:
+            vals = [r[key] for r in group]
+            summary[opt][key] = (statistics.mean(vals), statistics.stdev(vals) if len(vals) > 1 else 0.0)
+    return {"bits": list(bits), "runs": rows, "summary": summary}
+
+
+def precision_markdown(table: Dict[str, object]) -> str:
+    bits = table["bits"]
+    head = "| method | runs | hard float % | " + " | ".join(f"hard {b}-bit %" for b in bits) + " | " + " | ".join(f"SynOps/sample {b}-bit" for b in bits) + " |"
+    lines = [head, "|" + "---|" * (3 + 2 * len(bits))]
+    for opt, s in table["summary"].items():
+        n = sum(1 for r in table["runs"] if r["optimizer"] == opt)
+        cells = [f"{s['hard_float'][0]:.2f} ± {s['hard_float'][1]:.2f}"]
+        cells += [f"{s[f'w{b}'][0]:.2f} ± {s[f'w{b}'][1]:.2f}" for b in bits]
+        cells += [f"{s[f'synops_w{b}'][0]:.0f} ± {s[f'synops_w{b}'][1]:.0f}" for b in bits]
+        lines.append(f"| {opt} | {n} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

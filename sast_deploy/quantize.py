@@ -288,12 +288,64 @@ class FixedPointNet:
         return (counts, recorded) if record else counts
 
 
-def emulate_counts(qnet: QuantizedNet, frames: torch.Tensor, batch_size: int = 256, progress: bool = False) -> torch.Tensor:
-    """Emulator output spike counts [N, classes] for uint8/float frames [N, T, P, H, W]."""
+def fan_out(q: QuantizedLayer) -> torch.Tensor:
+    """Synapses leaving each input neuron of a layer (its input shape): n_out for dense; for
+    conv, the output positions and channels each input pixel reaches (borders reach fewer)."""
+    if q.kind == "dense":
+        return torch.full(q.in_shape, float(q.weight.shape[0]), dtype=torch.float64)
+    x = torch.ones((1, *q.in_shape), dtype=torch.float64, requires_grad=True)
+    F.conv2d(x, torch.ones(q.weight.shape, dtype=torch.float64), stride=q.stride, padding=q.padding, groups=q.groups).sum().backward()
+    return x.grad[0]
+
+
+@dataclass
+class Emulation:
+    counts: torch.Tensor  # [N, classes] output spike counts
+    input_spikes: List[float]  # per layer: spikes entering it, summed over samples
+    synops: List[float]  # per layer: sum over its input spikes of their fan-out, summed over samples
+    spikes: List[float]  # per layer: spikes it emits, summed over samples
+    neurons: List[int]
+    n_samples: int
+    n_steps: int
+
+    @property
+    def synops_per_sample(self) -> float:
+        return sum(self.synops) / max(self.n_samples, 1)
+
+    def activity(self) -> Dict[str, object]:
+        """SynOps per sample (total and per layer) and spikes per neuron per time step."""
+        n = max(self.n_samples, 1)
+        return {
+            "synops_per_sample": self.synops_per_sample,
+            "synops_per_sample_per_layer": [s / n for s in self.synops],
+            "spikes_per_neuron_per_step": [s / (n * self.n_steps * k) for s, k in zip(self.spikes, self.neurons)],
+        }
+
+
+def emulate(qnet: QuantizedNet, frames: torch.Tensor, batch_size: int = 256, progress: bool = False) -> Emulation:
+    """Run the emulator over frames [N, T, P, H, W]: output counts plus the activity that
+    SynOps (synaptic operations: each spike entering a layer times its fan-out) counts."""
     from tqdm import tqdm
 
     emu = FixedPointNet(qnet)
-    out = []
+    fan = [fan_out(q) for q in qnet.layers]
+    L = len(qnet.layers)
+    counts, inputs, synops, spikes = [], [0.0] * L, [0.0] * L, [0.0] * L
     for start in tqdm(range(0, len(frames), batch_size), desc="emulator", disable=not progress, unit="batch"):
-        out.append(emu.run(frames[start : start + batch_size]))
-    return torch.cat(out) if out else torch.zeros(0, qnet.n_classes, dtype=torch.int64)
+        x = frames[start : start + batch_size]
+        c, layer_spikes = emu.run(x, record=True)
+        counts.append(c)
+        entering = [x.transpose(0, 1).to(torch.int64)] + layer_spikes[:-1]
+        for i in range(L):
+            per_input = entering[i].sum(dim=(0, 1)).double().reshape(fan[i].shape)  # spikes per input neuron
+            inputs[i] += float(per_input.sum())
+            synops[i] += float((per_input * fan[i]).sum())
+            spikes[i] += float(layer_spikes[i].sum())
+    neurons = [int(np.prod(q.out_shape)) for q in qnet.layers]
+    all_counts = torch.cat(counts) if counts else torch.zeros(0, qnet.n_classes, dtype=torch.int64)
+    return Emulation(all_counts, inputs, synops, spikes, neurons, len(frames), int(frames.shape[1]) if len(frames) else 0)
+
+
+def emulate_counts(qnet: QuantizedNet, frames: torch.Tensor, batch_size: int = 256, progress: bool = False) -> torch.Tensor:
+    """Emulator output spike counts [N, classes] for uint8/float frames [N, T, P, H, W]."""
+    return emulate(qnet, frames, batch_size, progress).counts
