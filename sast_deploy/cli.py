@@ -168,6 +168,16 @@ def cmd_precision(args) -> int:
     return 0
 
 
+def cmd_robustness(args) -> int:
+    from .robustness import robustness, robustness_markdown, write_robustness
+
+    result = robustness(args.run_dirs, seed=args.seed, progress=not args.quiet)
+    paths = write_robustness(result, args.out)
+    print(robustness_markdown(result))
+    print(f"wrote {paths['json']}, {paths['md']} and {paths['png']}")
+    return 0
+
+
 def cmd_demo(args) -> int:
     from .config import load_recipe
     from .data import load_dataset
@@ -250,6 +260,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weight-bits", type=int, help="weight mantissa bits, overrides the spec (files get a -wN suffix)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("robustness", help="hard-spike accuracy (emulator) under event drop, noise, jitter and polarity flips")
+    p.add_argument("run_dirs", nargs="+", help="runs on the same dataset (e.g. baseline and SAST)")
+    p.add_argument("--out", required=True, help="directory for robustness.json, .md and .png")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_robustness)
 
     p = sub.add_parser("precision", help="hard-spike accuracy and SynOps of runs at 8/6/4-bit weights (emulator), mean ± std per method")
     p.add_argument("run_dirs", nargs="+")

@@ -115,7 +115,8 @@ def frame_transform(cfg: DataConfig, sensor_size: Tuple[int, int, int]):
     return tt.Compose(steps)
 
 
-def _frames_of(samples: Sequence[np.ndarray], cfg: DataConfig, desc: str, progress: bool) -> np.ndarray:
+def events_to_frames(samples: Sequence[np.ndarray], cfg: DataConfig, desc: str = "frames", progress: bool = False) -> np.ndarray:
+    """Binary frames [N, T, P, H, W] of event recordings through the recipe's transform chain."""
     from tqdm import tqdm
 
     transform = frame_transform(cfg, SENSOR_SIZE[cfg.name])
@@ -185,7 +186,7 @@ def load_dataset(cfg: DataConfig, progress: bool = True) -> Tuple[FrameDataset, 
         train_ev, test_ev = load_synthetic_nmnist_events(cfg.synthetic_config(), progress)
         for name, split, limit in (("train", train_ev, cfg.max_train), ("test", test_ev, cfg.max_test)):
             n = _limit(len(split), limit)
-            frames = _frames_of([split.sample(i) for i in range(n)], cfg, f"{name} frames", progress)
+            frames = events_to_frames([split.sample(i) for i in range(n)], cfg, f"{name} frames", progress)
             splits[name] = (frames, split.labels[:n], split.source_ids[:n])
     else:
         for name, train, limit in (("train", True, cfg.max_train), ("test", False, cfg.max_test)):
@@ -199,7 +200,7 @@ def load_dataset(cfg: DataConfig, progress: bool = True) -> Tuple[FrameDataset, 
                     raise DataError(f"{ds.data[i]}: cannot read event file ({exc})") from exc
                 samples.append(ev)
                 labels.append(y)
-            frames = _frames_of(samples, cfg, f"{name} frames", progress)
+            frames = events_to_frames(samples, cfg, f"{name} frames", progress)
             splits[name] = (frames, np.asarray(labels, dtype=np.int64), np.arange(n))
     atomic_save_npz(
         path,
