@@ -127,7 +127,9 @@ def cmd_simulate(args) -> int:
     _, test = load_dataset(recipe.data, progress=not args.quiet)
     check_input(qnet, test, Path(args.net))
     n = min(args.samples, len(test)) if args.samples > 0 else len(test)
-    res = simulate_lava(args.net, test.frames[:n].numpy(), progress=not args.quiet)
+    from .simulate import SimulatorConfig
+
+    res = simulate_lava(args.net, test.frames[:n].numpy(), progress=not args.quiet, hardware=SimulatorConfig.load(args.hardware))
     pred = predict(res.counts)
     labels = test.labels[:n].numpy()
     out = {
@@ -250,6 +252,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run", required=True, help="the run whose recipe names the dataset")
     p.add_argument("--samples", type=int, default=500, help="test samples to run (0 = all)")
     p.add_argument("--out", help="output JSON (default RUN_DIR/simulate.json)")
+    p.add_argument("--hardware", help="simulator run config (default hardware/lava-sim.toml)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_simulate)
 

@@ -15,10 +15,45 @@ import io
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 
 from .export import read_netx
+
+
+HARDWARE_DIR = Path(__file__).resolve().parent.parent / "hardware"
+
+
+@dataclass(frozen=True)
+class SimulatorConfig:
+    """A run config in ``hardware/`` (default ``hardware/lava-sim.toml``)."""
+
+    name: str = "lava-sim"
+    select_tag: str = "fixed_pt"
+    chunks: int = 20
+
+    @classmethod
+    def load(cls, path: Optional[str | Path] = None) -> "SimulatorConfig":
+        import dataclasses
+
+        from .config import RecipeError, tomllib
+
+        path = Path(path) if path else HARDWARE_DIR / "lava-sim.toml"
+        if not path.is_file():
+            if path == HARDWARE_DIR / "lava-sim.toml":
+                return cls()
+            raise RecipeError(f"{path}: hardware config not found")
+        raw = tomllib.loads(path.read_text())
+        bad = set(raw) - {f.name for f in dataclasses.fields(cls)}
+        if bad:
+            raise RecipeError(f"{path}: unknown key(s) {sorted(bad)}")
+        cfg = cls(**raw)
+        if cfg.select_tag not in ("fixed_pt", "floating_pt"):
+            raise RecipeError(f"{path}: select_tag must be fixed_pt or floating_pt, got {cfg.select_tag!r}")
+        if cfg.chunks < 1:
+            raise RecipeError(f"{path}: chunks must be >= 1, got {cfg.chunks}")
+        return cfg
 
 
 @dataclass
@@ -52,15 +87,18 @@ def input_buffer(frames: np.ndarray, first_kind: str, n_layers: int) -> np.ndarr
 
 
 def simulate_lava(
-    net_path: str | Path, frames: np.ndarray, progress: bool = True, chunks: int = 20
+    net_path: str | Path, frames: np.ndarray, progress: bool = True, chunks: Optional[int] = None,
+    hardware: Optional[SimulatorConfig] = None,
 ) -> SimulationResult:
     """Run ``frames`` [N, T, P, H, W] (binary) through the netx network on Lava's simulator.
 
     The graph is built and compiled once; the runtime then steps through the samples in up
     to ``chunks`` consecutive ``run()`` calls (whole samples each, so the progress bar moves;
     state carries over between calls exactly as within one call). The runtime is always
-    stopped, also on errors and Ctrl-C.
+    stopped, also on errors and Ctrl-C. ``hardware`` defaults to ``hardware/lava-sim.toml``.
     """
+    hardware = hardware or SimulatorConfig.load()
+    chunks = chunks or hardware.chunks
     # lava-dl's slayer prints CUDA and Prophesee notices on import (errors still raise)
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
         from lava.lib.dl.netx.hdf5 import Network
@@ -84,7 +122,7 @@ def simulate_lava(
     sink = Sink(shape=net.out.shape, buffer=n * r)
     source.s_out.connect(net.inp)
     net.out.connect(sink.a_in)
-    run_cfg = Loihi2SimCfg(select_tag="fixed_pt")
+    run_cfg = Loihi2SimCfg(select_tag=hardware.select_tag)
     per_chunk = max(1, -(-n // max(1, chunks)))
     try:
         t0 = time.perf_counter()

@@ -205,3 +205,19 @@ def test_cli_export_simulate_and_bad_inputs(trained_run, tmp_path, capsys, small
     _break(bad, "layer/1/neuron", "iDecay")
     assert main(["simulate", str(bad), "--run", str(trained_run), "--quiet", "--out", str(tmp_path / "x.json")]) == 2
     assert "iDecay" in capsys.readouterr().err and not (tmp_path / "x.json").exists()
+
+
+def test_hardware_configs_load_and_bad_keys_are_named(tmp_path):
+    from pathlib import Path
+
+    from sast_deploy.config import RecipeError
+    from sast_deploy.simulate import SimulatorConfig
+
+    for path in (Path(__file__).resolve().parents[1] / "hardware").glob("*.toml"):
+        assert SimulatorConfig.load(path).select_tag == "fixed_pt"
+    bad = tmp_path / "hw.toml"
+    bad.write_text('select_tag = "fixed_pt"\nchunk = 3\n')
+    with pytest.raises(RecipeError, match=r"hw.toml.*chunk"):
+        SimulatorConfig.load(bad)
+    with pytest.raises(RecipeError, match="not found"):
+        SimulatorConfig.load(tmp_path / "none.toml")
