@@ -129,7 +129,8 @@ def cmd_simulate(args) -> int:
     n = min(args.samples, len(test)) if args.samples > 0 else len(test)
     from .simulate import SimulatorConfig
 
-    res = simulate_lava(args.net, test.frames[:n].numpy(), progress=not args.quiet, hardware=SimulatorConfig.load(args.hardware))
+    res = simulate_lava(args.net, test.frames[:n].numpy(), progress=not args.quiet, hardware=SimulatorConfig.load(args.hardware),
+                        copies=args.copies)
     pred = predict(res.counts)
     labels = test.labels[:n].numpy()
     out = {
@@ -150,7 +151,7 @@ def cmd_compare(args) -> int:
     from .compare import compare_markdown, compare_run, precision_suffix
 
     spec = _spec(args)
-    result = compare_run(args.run_dir, samples=args.samples, progress=not args.quiet, spec=spec)
+    result = compare_run(args.run_dir, samples=args.samples, progress=not args.quiet, spec=spec, copies=args.copies)
     print(compare_markdown([(Path(args.run_dir).name, result)]))
     suffix = precision_suffix(spec)
     print(f"wrote {Path(args.run_dir) / f'compare{suffix}.json'} and compare{suffix}.md")
@@ -253,6 +254,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--samples", type=int, default=500, help="test samples to run (0 = all)")
     p.add_argument("--out", help="output JSON (default RUN_DIR/simulate.json)")
     p.add_argument("--hardware", help="simulator run config (default hardware/lava-sim.toml)")
+    p.add_argument("--copies", type=int, default=1,
+                   help="K network copies in one graph, each on its own sample (bit-identical; default 1: on the "
+                        "2-core CPU, K > 1 measured no faster, see benchmarks/batched_simulation.py)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_simulate)
 
@@ -261,6 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--samples", type=int, default=500, help="test samples run on Lava (the emulator runs them all)")
     p.add_argument("--spec", help="target spec TOML (default export/loihi2.toml)")
     p.add_argument("--weight-bits", type=int, help="weight mantissa bits, overrides the spec (files get a -wN suffix)")
+    p.add_argument("--copies", type=int, default=1, help="network copies per Lava graph (see simulate --copies)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_compare)
 

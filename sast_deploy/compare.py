@@ -58,7 +58,8 @@ def precision_suffix(spec: Loihi2Spec) -> str:
     return "" if spec.weight_bits == 8 else f"-w{spec.weight_bits}"
 
 
-def compare_run(run_dir: str | Path, samples: int = 500, progress: bool = True, spec: Optional[Loihi2Spec] = None) -> Dict[str, object]:
+def compare_run(run_dir: str | Path, samples: int = 500, progress: bool = True, spec: Optional[Loihi2Spec] = None,
+                copies: int = 1) -> Dict[str, object]:
     """Writes RUN_DIR/compare.json and compare.md (compare-w4.json etc. below 8 weight bits)."""
     run_dir = Path(run_dir)
     spec = spec or load_spec()
@@ -76,7 +77,7 @@ def compare_run(run_dir: str | Path, samples: int = 500, progress: bool = True, 
     emulation = emulate(qnet, test.frames, progress=progress)
     emu = emulation.counts
     n = min(samples, len(test)) if samples > 0 else len(test)
-    sim = simulate_lava(net_path, test.frames[:n].numpy(), progress=progress)
+    sim = simulate_lava(net_path, test.frames[:n].numpy(), progress=progress, copies=copies)
     lava = torch.from_numpy(sim.counts)
     emu_sub, hard_sub, y_sub = emu[:n], hard[:n], labels[:n]
     result = {

@@ -349,3 +349,26 @@ def emulate(qnet: QuantizedNet, frames: torch.Tensor, batch_size: int = 256, pro
 def emulate_counts(qnet: QuantizedNet, frames: torch.Tensor, batch_size: int = 256, progress: bool = False) -> torch.Tensor:
     """Emulator output spike counts [N, classes] for uint8/float frames [N, T, P, H, W]."""
     return emulate(qnet, frames, batch_size, progress).counts
+
+
+def replicate(qnet: QuantizedNet, copies: int) -> QuantizedNet:
+    """K independent copies of a network as one network, so one Lava graph simulates K
+    samples per time step: dense weights become block-diagonal; conv layers stack the copies
+    along the channels with K times the groups (so copy k only sees its own channels); the
+    flatten before a dense layer keeps each copy's (C, H, W) block contiguous."""
+    if copies == 1:
+        return qnet
+    from scipy.linalg import block_diag
+
+    layers = []
+    for q in qnet.layers:
+        if q.kind == "dense":
+            layers.append(dataclasses.replace(q, weight=block_diag(*[q.weight] * copies).astype(np.int64),
+                                              in_shape=(q.in_shape[0] * copies,), out_shape=(q.out_shape[0] * copies,)))
+        else:
+            c_in, c_out = q.in_shape[0], q.out_shape[0]
+            layers.append(dataclasses.replace(q, weight=np.concatenate([q.weight] * copies), groups=q.groups * copies,
+                                              in_shape=(c_in * copies, *q.in_shape[1:]), out_shape=(c_out * copies, *q.out_shape[1:])))
+    first = layers[0]
+    input_shape = (1, 1, first.in_shape[0]) if first.kind == "dense" else first.in_shape
+    return QuantizedNet(layers, input_shape, qnet.n_classes * copies, qnet.spec)

@@ -62,10 +62,11 @@ class SimulationResult:
     seconds: float  # wall time of the runs (excluding graph build and compilation)
     compile_seconds: float
     timesteps: int
+    samples: int  # samples simulated (K per window with copies, padding included)
 
     @property
     def samples_per_s(self) -> float:
-        return len(self.counts) / self.seconds if self.seconds > 0 else float("nan")
+        return self.samples / self.seconds if self.seconds > 0 else float("nan")
 
     @property
     def timesteps_per_s(self) -> float:
@@ -86,11 +87,48 @@ def input_buffer(frames: np.ndarray, first_kind: str, n_layers: int) -> np.ndarr
     return buf.reshape((n * r,) + frames.shape[2:]).transpose(3, 2, 1, 0)  # (W, H, P, time)
 
 
+def group_copies(frames: np.ndarray, copies: int) -> np.ndarray:
+    """[N, T, P, H, W] -> [ceil(N/K), T, K*P, H, W]: K samples side by side along the channels
+    (zero samples pad the last group); the layout :func:`replicate` expects."""
+    n, t = frames.shape[:2]
+    groups = -(-n // copies)
+    padded = np.zeros((groups * copies,) + frames.shape[1:], dtype=frames.dtype)
+    padded[:n] = frames
+    x = padded.reshape(groups, copies, t, *frames.shape[2:]).swapaxes(1, 2)  # [G, T, K, P, H, W]
+    return x.reshape(groups, t, copies * frames.shape[2], *frames.shape[3:])
+
+
 def simulate_lava(
     net_path: str | Path, frames: np.ndarray, progress: bool = True, chunks: Optional[int] = None,
-    hardware: Optional[SimulatorConfig] = None,
+    hardware: Optional[SimulatorConfig] = None, copies: int = 1,
 ) -> SimulationResult:
-    """Run ``frames`` [N, T, P, H, W] (binary) through the netx network on Lava's simulator.
+    """Run ``frames`` [N, T, P, H, W] (binary) through the netx network on Lava's simulator;
+    with ``copies`` = K, K copies of the network in one graph each take a different sample
+    (the per-time-step cost of Lava's runtime is shared; see :func:`replicate`)."""
+    if copies < 1:
+        raise ValueError(f"copies must be >= 1, got {copies}")
+    if copies == 1:
+        return _simulate_graph(net_path, frames, progress, chunks, hardware, sparse=False)
+    import tempfile
+
+    from .export import write_netx
+    from .quantize import replicate
+
+    n = len(frames)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = write_netx(replicate(read_netx(net_path), copies), Path(tmp) / "copies.h5")
+        # block-diagonal dense weights: netx's Sparse synapse keeps the cost linear in K
+        res = _simulate_graph(path, group_copies(np.asarray(frames), copies), progress, chunks, hardware, sparse=True,
+                              samples_per_window=copies)
+    res.counts = res.counts.reshape(-1, copies, res.counts.shape[1] // copies).reshape(-1, res.counts.shape[1] // copies)[:n]
+    return res
+
+
+def _simulate_graph(
+    net_path: str | Path, frames: np.ndarray, progress: bool = True, chunks: Optional[int] = None,
+    hardware: Optional[SimulatorConfig] = None, sparse: bool = False, samples_per_window: int = 1,
+) -> SimulationResult:
+    """One Lava graph over ``frames`` [N, T, P, H, W].
 
     The graph is built and compiled once; the runtime then steps through the samples in up
     to ``chunks`` consecutive ``run()`` calls (whole samples each, so the progress bar moves;
@@ -115,7 +153,7 @@ def simulate_lava(
     if n == 0:
         raise ValueError("no samples to simulate")
     data = input_buffer(np.asarray(frames), qnet.layers[0].kind, n_layers)
-    net = Network(net_config=str(net_path), reset_interval=r)
+    net = Network(net_config=str(net_path), reset_interval=r, sparse_fc_layer=sparse)
     if tuple(net.inp.shape) != data.shape[:-1]:
         raise ValueError(f"{net_path}: the network's input port has shape {tuple(net.inp.shape)}, the data {data.shape[:-1]}")
     source = Source(data=data)
@@ -129,16 +167,17 @@ def simulate_lava(
         net.create_runtime(run_cfg=run_cfg)
         compile_s = time.perf_counter() - t0
         t0 = time.perf_counter()
-        with tqdm(total=n, desc="lava simulator", disable=not progress, unit="sample") as bar:
+        with tqdm(total=n * samples_per_window, desc="lava simulator", disable=not progress, unit="sample") as bar:
             done = 0
             while done < n:
                 k = min(per_chunk, n - done)
                 net.run(condition=RunSteps(num_steps=k * r), run_cfg=run_cfg)
                 done += k
-                bar.update(k)
+                bar.update(k * samples_per_window)
         seconds = time.perf_counter() - t0
         out = np.asarray(sink.data.get())
     finally:
         net.stop()
     counts = out.reshape(-1, n, r).sum(axis=2).T.astype(np.int64)  # [N, classes]
-    return SimulationResult(counts=counts, seconds=seconds, compile_seconds=compile_s, timesteps=n * r)
+    return SimulationResult(counts=counts, seconds=seconds, compile_seconds=compile_s, timesteps=n * r,
+                            samples=n * samples_per_window)

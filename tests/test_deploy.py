@@ -221,3 +221,18 @@ def test_hardware_configs_load_and_bad_keys_are_named(tmp_path):
         SimulatorConfig.load(bad)
     with pytest.raises(RecipeError, match="not found"):
         SimulatorConfig.load(tmp_path / "none.toml")
+
+
+@pytest.mark.parametrize("kind", ["mlp", "conv"])
+def test_k_copies_in_one_graph_are_bit_identical(tmp_path, kind):
+    if kind == "mlp":
+        qnet, shape = _random_mlp(4, (24, 12, 5), (300, 400), (410, 0)), (1, 1, 24)
+    else:
+        qnet, shape = quantize(_conv_model(0.5)), (2, 9, 8)
+    path = write_netx(qnet, tmp_path / "net.h5")
+    frames = _spikes(9, 7, 8, shape, 0.4)  # 7 samples: the last group of 3 is padded
+    single = simulate_lava(path, frames, progress=False)
+    batched = simulate_lava(path, frames, progress=False, copies=3)
+    np.testing.assert_array_equal(batched.counts, single.counts)
+    np.testing.assert_array_equal(single.counts, emulate_counts(read_netx(path), torch.from_numpy(frames)).numpy())
+    assert single.counts.sum() > 0
