@@ -288,12 +288,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     from .config import RecipeError
     from .data import DataError
     from .export import NetxFormatError
+    from .simulate import SimulationError
     from .train import RunError
 
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (RecipeError, DataError, RunError, NetxFormatError, QuantizationError, FileNotFoundError) as exc:
+    except (RecipeError, DataError, RunError, NetxFormatError, QuantizationError, SimulationError, FileNotFoundError) as exc:
         print(f"sast-deploy {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

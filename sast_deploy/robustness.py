@@ -23,7 +23,7 @@ import torch
 from .data import SENSOR_SIZE, DataConfig, events_to_frames, load_synthetic_nmnist_events, real_event_dataset
 from .fileio import atomic_write_bytes, atomic_write_text
 from .quantize import emulate, quantize
-from .train import accuracy_pct, load_run
+from .train import RunError, accuracy_pct, load_run
 
 # name: (what the severity measures, severities)
 CORRUPTIONS: Dict[str, tuple] = {
@@ -95,7 +95,7 @@ def robustness(run_dirs: Sequence[str | Path], seed: int = 0, progress: bool = T
     runs = [(str(r), *load_run(r)) for r in run_dirs]
     data_cfgs = {json.dumps(dataclasses.asdict(r[2].data), sort_keys=True, default=str) for r in runs}
     if len(data_cfgs) > 1:
-        raise ValueError("robustness compares runs on one dataset and frame transform; these runs differ in [data]")
+        raise RunError(f"robustness compares runs on one dataset and frame transform; the [data] of {runs[0][0]} and {runs[-1][0]} differ")
     cfg = runs[0][2].data
     events, labels = split_events(cfg)
     qnets = [quantize(model) for _, model, _, _ in runs]

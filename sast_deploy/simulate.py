@@ -22,6 +22,10 @@ import numpy as np
 from .export import read_netx
 
 
+class SimulationError(ValueError):
+    """The simulation cannot run as asked; the message names the file or value."""
+
+
 HARDWARE_DIR = Path(__file__).resolve().parent.parent / "hardware"
 
 
@@ -104,9 +108,9 @@ def simulate_lava(
 ) -> SimulationResult:
     """Run ``frames`` [N, T, P, H, W] (binary) through the netx network on Lava's simulator;
     with ``copies`` = K, K copies of the network in one graph each take a different sample
-    (the per-time-step cost of Lava's runtime is shared; see :func:`replicate`)."""
+    (see :func:`replicate`); outputs are bit-identical to K = 1."""
     if copies < 1:
-        raise ValueError(f"copies must be >= 1, got {copies}")
+        raise SimulationError(f"copies must be >= 1, got {copies}")
     if copies == 1:
         return _simulate_graph(net_path, frames, progress, chunks, hardware, sparse=False)
     import tempfile
@@ -117,10 +121,11 @@ def simulate_lava(
     n = len(frames)
     with tempfile.TemporaryDirectory() as tmp:
         path = write_netx(replicate(read_netx(net_path), copies), Path(tmp) / "copies.h5")
-        # block-diagonal dense weights: netx's Sparse synapse keeps the cost linear in K
+        # block-diagonal dense weights in netx's Sparse synapse: its cost grows with K (the
+        # Dense synapse's with K^2), which so far eats the shared per-step runtime overhead
         res = _simulate_graph(path, group_copies(np.asarray(frames), copies), progress, chunks, hardware, sparse=True,
                               samples_per_window=copies)
-    res.counts = res.counts.reshape(-1, copies, res.counts.shape[1] // copies).reshape(-1, res.counts.shape[1] // copies)[:n]
+    res.counts = res.counts.reshape(-1, res.counts.shape[1] // copies)[:n]  # [G, K*C] -> [G*K, C], sample order
     return res
 
 
@@ -151,11 +156,11 @@ def _simulate_graph(
     n_layers = len(qnet.layers)
     r = t + n_layers
     if n == 0:
-        raise ValueError("no samples to simulate")
+        raise SimulationError("no samples to simulate")
     data = input_buffer(np.asarray(frames), qnet.layers[0].kind, n_layers)
     net = Network(net_config=str(net_path), reset_interval=r, sparse_fc_layer=sparse)
     if tuple(net.inp.shape) != data.shape[:-1]:
-        raise ValueError(f"{net_path}: the network's input port has shape {tuple(net.inp.shape)}, the data {data.shape[:-1]}")
+        raise SimulationError(f"{net_path}: the network's input port has shape {tuple(net.inp.shape)}, the data {data.shape[:-1]}")
     source = Source(data=data)
     sink = Sink(shape=net.out.shape, buffer=n * r)
     source.s_out.connect(net.inp)
