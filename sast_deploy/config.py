@@ -45,6 +45,7 @@ class OptimConfig:
     rho: float = 0.05
     delta: float = 1e-12
     weight_decay: float = 0.0
+    perturb_every: int = 1  # sast/sam: recompute eps every k steps, reuse it in between (LookSAM-style)
 
     def __post_init__(self):
         if self.name not in OPTIMIZERS:
@@ -53,6 +54,8 @@ class OptimConfig:
             raise ValueError(f"optimizer.lr must be > 0, got {self.lr}")
         if self.rho < 0:
             raise ValueError(f"optimizer.rho must be >= 0, got {self.rho}")
+        if self.perturb_every < 1:
+            raise ValueError(f"optimizer.perturb_every must be >= 1, got {self.perturb_every}")
 
     @property
     def train_mode(self) -> str:

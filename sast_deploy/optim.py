@@ -64,9 +64,23 @@ class SAST(torch.optim.Optimizer):
                 if p.grad is None:
                     continue
                 self.state[p]["w"] = p.detach().clone()
-                p.add_(p.grad * scale.to(p))
+                self.state[p]["e_w"] = p.grad * scale.to(p)  # kept for reuse_step
+                p.add_(self.state[p]["e_w"])
         if zero_grad:
             self.zero_grad()
+
+    @torch.no_grad()
+    def reuse_step(self) -> bool:
+        """Ascend along the last perturbation eps again (LookSAM-style): no gradient at w is
+        needed, so this SAST step costs one forward-backward pass. Returns False (and does
+        nothing) before the first :meth:`first_step`."""
+        params = [p for g in self.param_groups for p in g["params"] if "e_w" in self.state[p]]
+        if not params:
+            return False
+        for p in params:
+            self.state[p]["w"] = p.detach().clone()
+            p.add_(self.state[p]["e_w"])
+        return True
 
     @torch.no_grad()
     def second_step(self, zero_grad: bool = False) -> None:
@@ -85,7 +99,8 @@ class SAST(torch.optim.Optimizer):
             "second_step() after the backward pass on B' (see sast_deploy.train.sast_step)"
         )
 
-    # The moments (Adam's m and v) live in the base optimizer; the saved w is transient.
+    # The moments (Adam's m and v) live in the base optimizer; w and eps are transient (a
+    # resumed run recomputes eps at its next full step).
     def state_dict(self):
         return self.base_optimizer.state_dict()
 

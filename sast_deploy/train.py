@@ -62,6 +62,17 @@ def sast_step(model: SpikingNet, opt: SAST, batch: Batch, batch_prime: Batch, mo
     return float(loss.detach())
 
 
+def reuse_step(model: SpikingNet, opt: SAST, batch: Batch, batch_prime: Batch, mode: str, loss_scale: float) -> float:
+    """A SAST step that reuses the last perturbation direction: one forward-backward pass at
+    w + eps on B'. Returns that loss (the loss at w is not computed)."""
+    if not opt.reuse_step():
+        return sast_step(model, opt, batch, batch_prime, mode, loss_scale)
+    loss = loss_on(model, batch_prime, mode, loss_scale)
+    loss.backward()
+    opt.second_step(zero_grad=True)
+    return float(loss.detach())
+
+
 def plain_step(model: SpikingNet, opt: torch.optim.Optimizer, batch: Batch, mode: str, loss_scale: float) -> float:
     opt.zero_grad()
     loss = loss_on(model, batch, mode, loss_scale)
@@ -177,14 +188,14 @@ def train(
         batches_bp = minibatches(epoch_order(n, t.seed, epoch, 1), t.batch_size)
         losses = []
         t0 = time.perf_counter()
-        for idx_b, idx_bp in tqdm(list(zip(batches_b, batches_bp)), desc=f"epoch {epoch + 1}", leave=False,
-                                  disable=not progress, unit="step"):
+        every = recipe.optimizer.perturb_every
+        for step, (idx_b, idx_bp) in enumerate(tqdm(list(zip(batches_b, batches_bp)), desc=f"epoch {epoch + 1}",
+                                                     leave=False, disable=not progress, unit="step")):
             batch = tuple(v.to(device) for v in train_set[idx_b])
-            if recipe.optimizer.name == "sast":
-                batch_prime = tuple(v.to(device) for v in train_set[idx_bp])
-                losses.append(sast_step(model, opt, batch, batch_prime, mode, t.loss_scale))
-            elif recipe.optimizer.name == "sam":
-                losses.append(sast_step(model, opt, batch, batch, mode, t.loss_scale))
+            if recipe.optimizer.sharpness_aware:
+                batch_prime = tuple(v.to(device) for v in train_set[idx_bp]) if recipe.optimizer.name == "sast" else batch
+                sast_fn = sast_step if step % every == 0 else reuse_step
+                losses.append(sast_fn(model, opt, batch, batch_prime, mode, t.loss_scale))
             else:
                 losses.append(plain_step(model, opt, batch, mode, t.loss_scale))
         train_seconds += time.perf_counter() - t0
@@ -213,7 +224,9 @@ def train(
         "n_train": len(train_set),
         "epochs": t.epochs,
         "train_seconds": train_seconds,
-        "forward_backward_passes": passes_per_step * len(minibatches(torch.arange(n), t.batch_size)) * t.epochs,
+        "forward_backward_passes": t.epochs * sum(
+            passes_per_step if (s % recipe.optimizer.perturb_every == 0 or not recipe.optimizer.sharpness_aware) else 1
+            for s in range(len(minibatches(torch.arange(n), t.batch_size)))),
         "history": history,
     }
     save_run(out_dir, model, recipe, metrics)

@@ -90,3 +90,42 @@ def test_single_step_call_is_refused_and_state_round_trips():
     assert opt2.param_groups[0]["rho"] == 0.1
     with pytest.raises(ValueError, match="rho"):
         SAST(net.parameters(), rho=-1.0)
+
+
+def test_reuse_step_perturbs_along_the_last_eps_and_costs_one_pass():
+    from sast_deploy.train import reuse_step
+
+    b1, b2, b3 = _batch(1), _batch(2), _batch(3)
+    net = _net()
+    opt = SAST(net.parameters(), rho=0.3, lr=1e-2)
+    assert not opt.reuse_step()  # nothing to reuse before the first full step
+    sast_step(net, opt, b1, b2, "surrogate", 1.0)
+    eps = [opt.state[p]["e_w"].clone() for p in net.parameters()]
+    w = [p.detach().clone() for p in net.parameters()]
+    ref = copy.deepcopy(net)
+    ref_adam = torch.optim.Adam(ref.parameters(), lr=1e-2)
+    ref_adam.load_state_dict(copy.deepcopy(opt.base_optimizer.state_dict()))  # load_state_dict shares tensors
+
+    calls = {"n": 0}
+    real_forward = net.forward
+
+    def counting_forward(*a, **k):
+        calls["n"] += 1
+        return real_forward(*a, **k)
+
+    net.forward = counting_forward
+    reuse_step(net, opt, b1, b3, "surrogate", 1.0)
+    assert calls["n"] == 1  # one forward-backward pass
+
+    # by hand: gradient on B' at w + eps_old, Adam step from w
+    perturbed = copy.deepcopy(ref)
+    with torch.no_grad():
+        for p, e in zip(perturbed.parameters(), eps):
+            p.add_(e)
+    loss_on(perturbed, b3, "surrogate", 1.0).backward()
+    for p, q in zip(ref.parameters(), perturbed.parameters()):
+        p.grad = q.grad.clone()
+    ref_adam.step()
+    for p, q, w0 in zip(net.parameters(), ref.parameters(), w):
+        torch.testing.assert_close(p, q)
+        assert not torch.equal(p, w0)

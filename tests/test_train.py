@@ -39,6 +39,13 @@ def test_every_optimizer_trains_and_writes_a_run(tmp_path, small_data, optimizer
     assert evaluate(model, data[1], ("hard",))["hard_accuracy"] == pytest.approx(metrics["hard_accuracy"])
 
 
+def test_perturb_every_k_saves_passes(tmp_path, small_data):
+    _, data = small_data
+    m = train(_recipe(**{"optimizer.perturb_every": 2, "training.epochs": 1}), tmp_path, progress=False, data=data)
+    steps = -(-len(data[0]) // 32)
+    assert m["forward_backward_passes"] == 2 * ((steps + 1) // 2) + steps // 2
+
+
 def test_interrupted_run_resumes_to_the_same_weights(tmp_path, small_data, monkeypatch):
     _, data = small_data
     recipe = _recipe(**{"training.epochs": 3})
