@@ -14,6 +14,7 @@ exactly as an uninterrupted one.
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -100,10 +101,31 @@ def minibatches(order: torch.Tensor, batch_size: int) -> List[torch.Tensor]:
 
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("training.device = cuda, but no CUDA device is available (use cpu or auto)")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda":
+        if not torch.cuda.is_available():
+            raise RunError("training.device = cuda, but no CUDA device is available (use cpu or auto)")
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
     return torch.device(name)
+
+
+def distributed_context(device: torch.device) -> Tuple[int, int]:
+    """(rank, world size). Under torchrun (WORLD_SIZE > 1) the process group is created here:
+    gloo on CPU, nccl on CUDA."""
+    import torch.distributed as dist
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    return dist.get_rank(), dist.get_world_size()
+
+
+def rank_slice(global_batch: torch.Tensor, rank: int, world: int) -> torch.Tensor:
+    """This rank's part of a global minibatch (equal parts; the last global batch may be short)."""
+    per = -(-len(global_batch) // world)
+    return global_batch[rank * per : (rank + 1) * per]
 
 
 # --- evaluation ------------------------------------------------------------------------
@@ -163,8 +185,15 @@ def train(
     if len(train_set) == 0 or len(test_set) == 0:
         raise RunError(f"dataset {recipe.data.name}: empty split (train {len(train_set)}, test {len(test_set)})")
 
-    torch.manual_seed(t.seed)
-    model = build_model(recipe.model, train_set.input_shape, N_CLASSES[recipe.data.name]).to(device)
+    rank, world = distributed_context(device)
+    torch.manual_seed(t.seed)  # the same initial weights on every rank
+    net = build_model(recipe.model, train_set.input_shape, N_CLASSES[recipe.data.name]).to(device)
+    model = net
+    if world > 1:
+        # Both SAST phases all-reduce their gradient through DDP's backward hook: the
+        # perturbation uses the global g (not each rank's own, as m-sharpness variants do
+        # under no_sync) and the update the global gradient at w + eps.
+        model = torch.nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
     opt = make_optimizer(model, recipe)
     history: List[Dict[str, float]] = []
     start_epoch, train_seconds = 0, 0.0
@@ -173,7 +202,7 @@ def train(
     if resume and ckpt_path.exists():
         ckpt = torch.load(ckpt_path, map_location=device)
         _checkpoint_matches(ckpt, recipe, ckpt_path)
-        model.load_state_dict(ckpt["model"])
+        net.load_state_dict(ckpt["model"])
         opt.load_state_dict(ckpt["optimizer"])
         history, start_epoch, train_seconds = ckpt["history"], ckpt["epoch"], ckpt["train_seconds"]
         log(f"resuming {out_dir} after epoch {start_epoch}/{t.epochs}")
@@ -184,13 +213,14 @@ def train(
     for epoch in tqdm(range(start_epoch, t.epochs), desc=f"train {recipe.name}", disable=not progress,
                       initial=start_epoch, total=t.epochs, unit="epoch"):
         model.train()
-        batches_b = minibatches(epoch_order(n, t.seed, epoch, 0), t.batch_size)
-        batches_bp = minibatches(epoch_order(n, t.seed, epoch, 1), t.batch_size)
+        # global minibatches of batch_size x world, identical on all ranks; each rank takes its slice
+        batches_b = [rank_slice(b, rank, world) for b in minibatches(epoch_order(n, t.seed, epoch, 0), t.batch_size * world)]
+        batches_bp = [rank_slice(b, rank, world) for b in minibatches(epoch_order(n, t.seed, epoch, 1), t.batch_size * world)]
         losses = []
         t0 = time.perf_counter()
         every = recipe.optimizer.perturb_every
         for step, (idx_b, idx_bp) in enumerate(tqdm(list(zip(batches_b, batches_bp)), desc=f"epoch {epoch + 1}",
-                                                     leave=False, disable=not progress, unit="step")):
+                                                     leave=False, disable=not progress or rank > 0, unit="step")):
             batch = tuple(v.to(device) for v in train_set[idx_b])
             if recipe.optimizer.sharpness_aware:
                 batch_prime = tuple(v.to(device) for v in train_set[idx_bp]) if recipe.optimizer.name == "sast" else batch
@@ -200,20 +230,21 @@ def train(
                 losses.append(plain_step(model, opt, batch, mode, t.loss_scale))
         train_seconds += time.perf_counter() - t0
         row = {"epoch": epoch + 1, "train_loss": sum(losses) / len(losses), "train_seconds": train_seconds}
-        row.update(evaluate(model, test_set, ("surrogate", "hard"), t.eval_batch_size))
+        row.update(evaluate(net, test_set, ("surrogate", "hard"), t.eval_batch_size))
         history.append(row)
-        if progress:
+        if progress and rank == 0:
             tqdm.write(
                 f"epoch {epoch + 1:3d}  loss {row['train_loss']:.4f}  surrogate {row['surrogate_accuracy']:.2f}%  "
                 f"hard {row['hard_accuracy']:.2f}%  gap {row['transfer_gap_pp']:+.2f} pp"
             )
-        atomic_torch_save(
-            {"epoch": epoch + 1, "model": model.state_dict(), "optimizer": opt.state_dict(), "history": history,
-             "train_seconds": train_seconds, "recipe": recipe.to_dict()},
-            ckpt_path,
-        )
+        if rank == 0:
+            atomic_torch_save(
+                {"epoch": epoch + 1, "model": net.state_dict(), "optimizer": opt.state_dict(), "history": history,
+                 "train_seconds": train_seconds, "recipe": recipe.to_dict()},
+                ckpt_path,
+            )
 
-    final = history[-1] if history else evaluate(model, test_set, ("surrogate", "hard"), t.eval_batch_size)
+    final = history[-1] if history else evaluate(net, test_set, ("surrogate", "hard"), t.eval_batch_size)
     metrics = {
         "recipe": recipe.name,
         "optimizer": recipe.optimizer.name,
@@ -224,12 +255,14 @@ def train(
         "n_train": len(train_set),
         "epochs": t.epochs,
         "train_seconds": train_seconds,
-        "forward_backward_passes": t.epochs * sum(
+        "world_size": world,
+        "forward_backward_passes": t.epochs * sum(  # per rank
             passes_per_step if (s % recipe.optimizer.perturb_every == 0 or not recipe.optimizer.sharpness_aware) else 1
-            for s in range(len(minibatches(torch.arange(n), t.batch_size)))),
+            for s in range(len(batches_b))),
         "history": history,
     }
-    save_run(out_dir, model, recipe, metrics)
+    if rank == 0:
+        save_run(out_dir, net, recipe, metrics)
     return metrics
 
 
