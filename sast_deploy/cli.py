@@ -39,7 +39,8 @@ def cmd_train(args) -> int:
     from .config import load_recipe
     from .train import train
 
-    recipe = load_recipe(_find_recipe(args.config), args.set)
+    overrides = list(args.set) + ([f"training.device={args.device}"] if args.device else [])
+    recipe = load_recipe(_find_recipe(args.config), overrides)
     metrics = train(recipe, args.out, progress=not args.quiet, resume=not args.restart)
     print(json.dumps({k: v for k, v in metrics.items() if k != "history"}, indent=2))
     return 0
@@ -223,6 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a recipe field, e.g. optimizer.rho=0.3")
     p.add_argument("--out", required=True, help="run directory (model.pt, metrics.json, checkpoint.pt)")
     p.add_argument("--restart", action="store_true", help="ignore an existing checkpoint instead of resuming")
+    p.add_argument("--device", choices=("cpu", "cuda", "auto"), help="overrides training.device (auto: CUDA when present)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_train)
 

@@ -20,9 +20,9 @@ from .data import FrameDataset, load_dataset
 from .export import read_netx, write_netx
 from .fileio import atomic_write_text
 from .model import predict
-from .quantize import Loihi2Spec, QuantizedNet, emulate, quantize
+from .quantize import Emulation, Loihi2Spec, QuantizedNet, emulate, quantize
 from .simulate import simulate_lava
-from .train import RunError, accuracy_pct, load_run, output_counts
+from .train import RunError, accuracy_pct, distributed_context, load_run, output_counts
 
 DEFAULT_SPEC = Path(__file__).resolve().parent.parent / "export" / "loihi2.toml"
 
@@ -63,22 +63,29 @@ def compare_run(run_dir: str | Path, samples: int = 500, progress: bool = True, 
     """Writes RUN_DIR/compare.json and compare.md (compare-w4.json etc. below 8 weight bits)."""
     run_dir = Path(run_dir)
     spec = spec or load_spec()
+    rank, world = distributed_context(torch.device("cpu"))
     model, recipe, metrics = load_run(run_dir)
     suffix = precision_suffix(spec)
     net_path = run_dir / f"net{suffix}.h5"
-    if not net_path.exists() or net_path.stat().st_mtime < (run_dir / "model.pt").stat().st_mtime:
+    if rank == 0 and (not net_path.exists() or net_path.stat().st_mtime < (run_dir / "model.pt").stat().st_mtime):
         export_run(run_dir, net_path, spec)
+    _barrier(world)
     qnet = read_netx(net_path)
     _, test = load_dataset(recipe.data, progress=progress)
     check_input(qnet, test, net_path)
     labels = test.labels
     sur = output_counts(model, test, "surrogate")
     hard = output_counts(model, test, "hard")
-    emulation = emulate(qnet, test.frames, progress=progress)
+    # under torchrun each rank emulates and simulates its contiguous slice; rank 0 gathers
+    lo, hi = _shard(len(test), rank, world)
+    emulation = Emulation.merge(_gather(emulate(qnet, test.frames[lo:hi], progress=progress and rank == 0), world))
     emu = emulation.counts
     n = min(samples, len(test)) if samples > 0 else len(test)
-    sim = simulate_lava(net_path, test.frames[:n].numpy(), progress=progress, copies=copies)
-    lava = torch.from_numpy(sim.counts)
+    lo, hi = _shard(n, rank, world)
+    part = simulate_lava(net_path, test.frames[lo:hi].numpy(), progress=progress and rank == 0, copies=copies) if hi > lo else None
+    parts = [p for p in _gather(part, world) if p is not None]
+    lava = torch.from_numpy(np.concatenate([p.counts for p in parts]))
+    lava_seconds = max(p.seconds for p in parts)  # the ranks run side by side
     emu_sub, hard_sub, y_sub = emu[:n], hard[:n], labels[:n]
     result = {
         "run": str(run_dir),
@@ -98,14 +105,38 @@ def compare_run(run_dir: str | Path, samples: int = 500, progress: bool = True, 
         "lava_emulator_prediction_agreement": float((predict(lava) == predict(emu_sub)).float().mean()),
         "lava_hard_prediction_agreement": float((predict(lava) == predict(hard_sub)).float().mean()),
         "emulator_hard_count_agreement": float((emu == hard).all(dim=1).float().mean()),
-        "lava_samples_per_s": sim.samples_per_s,
-        "lava_timesteps_per_s": sim.timesteps_per_s,
-        "lava_compile_seconds": sim.compile_seconds,
+        "ranks": world,
+        "lava_samples_per_s": n / lava_seconds,
+        "lava_timesteps_per_s": sum(p.timesteps for p in parts) / lava_seconds,
+        "lava_compile_seconds": max(p.compile_seconds for p in parts),
         **emulation.activity(),  # SynOps and spike rates over the full test split (emulator)
     }
-    atomic_write_text(run_dir / f"compare{suffix}.json", json.dumps(result, indent=2) + "\n")
-    atomic_write_text(run_dir / f"compare{suffix}.md", compare_markdown([(run_dir.name, result)]))
+    if rank == 0:
+        atomic_write_text(run_dir / f"compare{suffix}.json", json.dumps(result, indent=2) + "\n")
+        atomic_write_text(run_dir / f"compare{suffix}.md", compare_markdown([(run_dir.name, result)]))
     return result
+
+
+def _shard(n: int, rank: int, world: int):
+    per = -(-n // world)
+    return min(n, rank * per), min(n, (rank + 1) * per)
+
+
+def _gather(obj, world: int) -> list:
+    if world == 1:
+        return [obj]
+    import torch.distributed as dist
+
+    out = [None] * world
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def _barrier(world: int) -> None:
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
 
 
 def compare_markdown(rows) -> str:

@@ -308,6 +308,14 @@ class Emulation:
     n_samples: int
     n_steps: int
 
+    @classmethod
+    def merge(cls, parts: Sequence["Emulation"]) -> "Emulation":
+        """One Emulation from consecutive slices of a dataset (sharded runs)."""
+        parts = [p for p in parts if p.n_samples > 0] or list(parts[:1])
+        add = lambda key: [sum(vals) for vals in zip(*(getattr(p, key) for p in parts))]  # noqa: E731
+        return cls(torch.cat([p.counts for p in parts]), add("input_spikes"), add("synops"), add("spikes"),
+                   parts[0].neurons, sum(p.n_samples for p in parts), max(p.n_steps for p in parts))
+
     @property
     def synops_per_sample(self) -> float:
         return sum(self.synops) / max(self.n_samples, 1)

@@ -60,3 +60,23 @@ def test_two_gloo_ranks_match_one_process(tmp_path, small_data):
 
     init = build_model(ModelConfig(hidden=(16,), alpha=1.0), (2, 34, 34), 10)
     assert not torch.allclose(next(init.parameters()), next(ddp.parameters()))
+
+
+def test_sharded_compare_equals_single_process(trained_run, tmp_path):
+    import json
+    import shutil
+
+    from sast_deploy.cli import main
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    assert main(["compare", str(run), "--samples", "21", "--quiet"]) == 0
+    single = json.loads((run / "compare.json").read_text())
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
+           f"--master_port={_free_port()}", "-m", "sast_deploy.cli", "compare", str(run), "--samples", "21", "--quiet"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    sharded = json.loads((run / "compare.json").read_text())
+    assert sharded["ranks"] == 2 and single["ranks"] == 1
+    timing = {"ranks", "lava_samples_per_s", "lava_timesteps_per_s", "lava_compile_seconds"}
+    assert {k: v for k, v in sharded.items() if k not in timing} == {k: v for k, v in single.items() if k not in timing}
