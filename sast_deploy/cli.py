@@ -42,8 +42,16 @@ def cmd_train(args) -> int:
     overrides = list(args.set) + ([f"training.device={args.device}"] if args.device else [])
     recipe = load_recipe(_find_recipe(args.config), overrides)
     metrics = train(recipe, args.out, progress=not args.quiet, resume=not args.restart)
-    print(json.dumps({k: v for k, v in metrics.items() if k != "history"}, indent=2))
+    if _is_rank_zero():
+        print(json.dumps({k: v for k, v in metrics.items() if k != "history"}, indent=2))
     return 0
+
+
+def _is_rank_zero() -> bool:
+    """Under torchrun only rank 0 prints results (every rank computes them)."""
+    import os
+
+    return int(os.environ.get("RANK", "0")) == 0
 
 
 def cmd_evaluate(args) -> int:
@@ -153,6 +161,8 @@ def cmd_compare(args) -> int:
 
     spec = _spec(args)
     result = compare_run(args.run_dir, samples=args.samples, progress=not args.quiet, spec=spec, copies=args.copies)
+    if not _is_rank_zero():
+        return 0
     print(compare_markdown([(Path(args.run_dir).name, result)]))
     suffix = precision_suffix(spec)
     print(f"wrote {Path(args.run_dir) / f'compare{suffix}.json'} and compare{suffix}.md")
