@@ -147,7 +147,7 @@ def to_onnx(qnet: QuantizedNet, opset: int = 17):
         d = const(1 << bits)
         return op("Div", [op("Sub", [x, op("Mod", [x, d])]), d])  # exact: x - (x mod d) is a multiple of d
 
-    in_shape = ["batch", *qnet.layers[0].in_shape] if qnet.layers[0].kind == "dense" else ["batch", *qnet.layers[0].in_shape]
+    in_shape = ["batch", *qnet.layers[0].in_shape]
     graph_inputs = [helper.make_tensor_value_info("spikes_in", TensorProto.INT64, in_shape)]
     graph_outputs = []
     half = 1 << (LOIHI_STATE_BITS - 1)
