@@ -261,7 +261,3 @@ def _download_or_explain(ds, base, cfg: DataConfig) -> None:
         )
     base.download(ds)
 
-
-def describe(ds: FrameDataset) -> str:
-    counts = np.bincount(ds.labels.numpy(), minlength=1)
-    return f"{len(ds)} samples, frames {tuple(ds.frames.shape[1:])}, class counts {counts.tolist()}"

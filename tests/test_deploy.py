@@ -20,9 +20,8 @@ from sast_deploy.quantize import (
     quantize,
 )
 from sast_deploy.simulate import simulate_lava
-from sast_deploy.train import output_counts, train
+from sast_deploy.train import output_counts
 
-from test_train import _recipe
 
 
 def _dense(w, vth, dv):

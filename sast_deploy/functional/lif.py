@@ -83,11 +83,6 @@ def lif_parameters(beta: float, v_th: float, alpha: float, mode: str = "surrogat
     return LIFBoxParameters(tau_mem_inv=(1.0 - beta) / dt, v_leak=0.0, v_th=v_th, v_reset=0.0, method=mode, alpha=alpha)
 
 
-def membrane_decay(p: LIFBoxParameters, dt: float = 1.0) -> float:
-    """beta = 1 - dt * tau_mem_inv."""
-    return float(1.0 - dt * p.tau_mem_inv)
-
-
 def lif_step(
     input_current: torch.Tensor, state: LIFBoxFeedForwardState, p: LIFBoxParameters, dt: float = 1.0
 ) -> Tuple[torch.Tensor, LIFBoxFeedForwardState]:
