@@ -182,6 +182,15 @@ def cmd_precision(args) -> int:
     return 0
 
 
+def cmd_calibrate(args) -> int:
+    from .calibrate import calibrate_run
+
+    m = calibrate_run(args.run_dir, args.out, fraction=args.fraction, progress=not args.quiet)
+    print(json.dumps({k: m[k] for k in ("v_th_scale", "calibration_samples", "calibration_hard_accuracy",
+                                        "uncalibrated_hard_accuracy", "surrogate_accuracy", "hard_accuracy", "transfer_gap_pp")}, indent=2))
+    return 0
+
+
 def cmd_robustness(args) -> int:
     from .robustness import robustness, robustness_markdown, write_robustness
 
@@ -280,6 +289,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--copies", type=int, default=2, help="network copies per Lava graph (see simulate --copies)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("calibrate", help="post-hoc per-layer threshold calibration of a run on a split of its training data")
+    p.add_argument("run_dir")
+    p.add_argument("--out", required=True, help="run directory for the calibrated network")
+    p.add_argument("--fraction", type=float, default=0.1, help="fraction of training source images used for calibration")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_calibrate)
 
     p = sub.add_parser("robustness", help="hard-spike accuracy (emulator) under event drop, noise, jitter and polarity flips")
     p.add_argument("run_dirs", nargs="+", help="runs on the same dataset (e.g. baseline and SAST)")

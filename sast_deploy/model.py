@@ -37,11 +37,15 @@ class ModelConfig:
     conv_stride: int = 2
     pool: int = 2  # sum-pool window (and stride)
     pool_weight: float = 1.0  # fixed synaptic weight of the pooling layer
+    v_th_scale: Tuple[float, ...] = ()  # per-layer threshold multipliers (post-hoc calibration); () = all 1
 
     def __post_init__(self):
         if self.arch not in ARCHS:
             raise ValueError(f"model.arch: unknown architecture {self.arch!r}; known: {', '.join(ARCHS)}")
         object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
+        object.__setattr__(self, "v_th_scale", tuple(float(v) for v in self.v_th_scale))
+        if any(v <= 0 for v in self.v_th_scale):
+            raise ValueError(f"model.v_th_scale: multipliers must be > 0, got {self.v_th_scale}")
         if any(h < 1 for h in self.hidden):
             raise ValueError(f"model.hidden: widths must be >= 1, got {self.hidden}")
         if not 0.0 <= self.beta <= 1.0:
@@ -145,6 +149,11 @@ class SpikingNet(torch.nn.Module):
                 width = h
         layers.append(SpikingLayer("dense", torch.nn.Linear(width, n_classes, bias=False), lif()))
         self.layers = torch.nn.ModuleList(layers)
+        if c.v_th_scale:
+            if len(c.v_th_scale) != len(layers):
+                raise ValueError(f"model.v_th_scale has {len(c.v_th_scale)} entries, the network {len(layers)} layers")
+            for layer, scale in zip(layers, c.v_th_scale):
+                layer.lif.p = layer.lif.p._replace(v_th=c.v_th * scale)
         if c.init_gain != 1.0:
             with torch.no_grad():
                 for p_ in self.parameters():
