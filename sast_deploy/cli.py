@@ -191,6 +191,15 @@ def cmd_calibrate(args) -> int:
     return 0
 
 
+def cmd_study(args) -> int:
+    from .study import load_study, run_study
+
+    study = load_study(_find_recipe(args.study))
+    runs = run_study(study, args.out, progress=not args.quiet)
+    print(f"{len(runs)} runs complete in {args.out}; next: sast-deploy report {args.out} --out REPORT_DIR")
+    return 0
+
+
 def cmd_robustness(args) -> int:
     from .robustness import robustness, robustness_markdown, write_robustness
 
@@ -289,6 +298,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--copies", type=int, default=2, help="network copies per Lava graph (see simulate --copies)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("study", help="run a transfer-gap study (methods x seeds; resumable)")
+    p.add_argument("study", help="study TOML (or the name of one in train/, e.g. study-nmnist)")
+    p.add_argument("--out", required=True)
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_study)
 
     p = sub.add_parser("calibrate", help="post-hoc per-layer threshold calibration of a run on a split of its training data")
     p.add_argument("run_dir")

@@ -1,0 +1,110 @@
+"""The transfer-gap study: several methods x several seeds on one base recipe, each run
+trained (or calibrated), then compared (emulator on the full test split, Lava on a subset).
+
+A study file (``train/study-*.toml``)::
+
+    name = "nmnist"
+    base = "demo.toml"          # a recipe in train/ (or a path)
+    seeds = [0, 1, 2]
+    lava_samples = 200
+    [[method]]
+    name = "baseline"
+    set = ["optimizer.name=baseline"]
+    [[method]]
+    name = "baseline-calibrated"
+    calibrate = "baseline"      # post-hoc threshold calibration of that method's runs
+
+Runs live in ``OUT/<method>/seed<k>``; a study interrupted mid-way continues with the runs
+(and epochs) it lacks when started again.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import List, Sequence, Tuple
+
+from .config import RecipeError, load_recipe, tomllib
+from .fileio import atomic_write_text
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    set: Tuple[str, ...] = ()
+    calibrate: str = ""  # name of the method whose runs are threshold-calibrated
+
+
+@dataclass(frozen=True)
+class Study:
+    name: str
+    base: Path
+    seeds: Tuple[int, ...] = (0, 1, 2)
+    lava_samples: int = 200
+    methods: Tuple[Method, ...] = field(default_factory=tuple)
+
+
+def load_study(path: str | Path) -> Study:
+    path = Path(path)
+    if not path.is_file():
+        raise RecipeError(f"{path}: study file not found")
+    try:
+        raw = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise RecipeError(f"{path}: not valid TOML ({exc})") from exc
+    bad = set(raw) - {"name", "base", "seeds", "lava_samples", "method"}
+    if bad:
+        raise RecipeError(f"{path}: unknown key(s) {sorted(bad)}")
+    if "base" not in raw:
+        raise RecipeError(f"{path}: missing key 'base' (the recipe the methods modify)")
+    base = Path(raw["base"])
+    if not base.is_file():
+        base = path.parent / raw["base"]
+    methods = []
+    for i, m in enumerate(raw.get("method", [])):
+        extra = set(m) - {"name", "set", "calibrate"}
+        if extra or "name" not in m:
+            raise RecipeError(f"{path}: method {i}: needs 'name' and only 'set' or 'calibrate' (got {sorted(m)})")
+        methods.append(Method(m["name"], tuple(m.get("set", ())), m.get("calibrate", "")))
+    names = [m.name for m in methods]
+    if len(set(names)) != len(names) or not names:
+        raise RecipeError(f"{path}: method names must be unique and at least one is needed, got {names}")
+    for m in methods:
+        if m.calibrate and m.calibrate not in names[: names.index(m.name)]:
+            raise RecipeError(f"{path}: method {m.name!r} calibrates {m.calibrate!r}, which must be listed before it")
+        load_recipe(base, list(m.set))  # validate every override now, not an hour into the study
+    return Study(raw.get("name", path.stem), base, tuple(int(s) for s in raw.get("seeds", (0, 1, 2))),
+                 int(raw.get("lava_samples", 200)), tuple(methods))
+
+
+def run_dir(out: Path, method: str, seed: int) -> Path:
+    return Path(out) / method / f"seed{seed}"
+
+
+def run_study(study: Study, out: str | Path, progress: bool = True, log=print) -> List[Path]:
+    """Train/calibrate and compare every (seed, method) run that is not finished yet."""
+    from .calibrate import calibrate_run
+    from .compare import compare_run
+    from .train import train
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "study.json", json.dumps({
+        "name": study.name, "base": str(study.base), "seeds": list(study.seeds), "lava_samples": study.lava_samples,
+        "methods": [{"name": m.name, "set": list(m.set), "calibrate": m.calibrate} for m in study.methods]}, indent=2) + "\n")
+    done = []
+    for seed in study.seeds:
+        for m in study.methods:
+            d = run_dir(out, m.name, seed)
+            if not (d / "metrics.json").exists():
+                log(f"[{study.name}] {m.name} seed {seed}: {'calibrate' if m.calibrate else 'train'} -> {d}")
+                if m.calibrate:
+                    calibrate_run(run_dir(out, m.calibrate, seed), d, progress=progress)
+                else:
+                    recipe = load_recipe(study.base, [*m.set, f"training.seed={seed}"])
+                    train(recipe, d, progress=progress)
+            if not (d / "compare.json").exists():
+                compare_run(d, samples=study.lava_samples, progress=progress, copies=2)
+            done.append(d)
+    return done
