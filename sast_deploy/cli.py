@@ -200,6 +200,15 @@ def cmd_study(args) -> int:
     return 0
 
 
+def cmd_report(args) -> int:
+    from .report import write_report
+
+    result = write_report(args.study_dir, args.out, diagnostics=not args.no_diagnostics)
+    print(result["md"].read_text())
+    print(f"wrote {result['md']}, {result['json']} and {len(result['figures'])} figures")
+    return 0
+
+
 def cmd_robustness(args) -> int:
     from .robustness import robustness, robustness_markdown, write_robustness
 
@@ -304,6 +313,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_study)
+
+    p = sub.add_parser("report", help="table, diagnostics and figures of a study (report.md, report.json, PNGs)")
+    p.add_argument("study_dir")
+    p.add_argument("--out", required=True)
+    p.add_argument("--no-diagnostics", action="store_true", help="skip spectral norms, gradient norms, sharpness, margins")
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("calibrate", help="post-hoc per-layer threshold calibration of a run on a split of its training data")
     p.add_argument("run_dir")

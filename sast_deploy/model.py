@@ -14,10 +14,9 @@ from typing import List, Sequence, Tuple, Union
 import numpy as np
 import torch
 import torch.nn.functional as F
-from norse.torch.functional.lif_box import LIFBoxFeedForwardState
 from norse.torch.module.snn import SNN
 
-from .functional.lif import SPIKE_MODES, lif_parameters, lif_step
+from .functional.lif import SPIKE_MODES, LIFState, lif_parameters, lif_step
 
 ARCHS = ("mlp", "conv")
 
@@ -63,12 +62,13 @@ class LIF(SNN):
         super().__init__(activation=lif_step, state_fallback=self.initial_state, p=lif_parameters(beta, v_th, alpha), dt=1.0)
 
     @staticmethod
-    def initial_state(currents: torch.Tensor) -> LIFBoxFeedForwardState:
-        return LIFBoxFeedForwardState(v=torch.zeros_like(currents[0]))
+    def initial_state(currents: torch.Tensor) -> LIFState:
+        zeros = torch.zeros_like(currents[0])
+        return LIFState(v=zeros, v_pre=zeros)
 
     def forward(self, currents: torch.Tensor, mode: str = "hard", record_states: bool = False):
         """Spikes [T, ...] for input currents [T, ...]; with ``record_states`` also the
-        membrane potential after reset [T, ...]."""
+        states [T, ...] (``v`` after reset, ``v_pre`` before)."""
         if mode not in SPIKE_MODES:
             raise ValueError(f"unknown spike mode {mode!r}; known: {', '.join(SPIKE_MODES)}")
         self.p = self.p._replace(method=mode)
@@ -168,11 +168,11 @@ class SpikingNet(torch.nn.Module):
         return x
 
     def forward_all(self, x: torch.Tensor, mode: str = "hard") -> List[Tuple[torch.Tensor, torch.Tensor]]:
-        """Per layer: (spikes [T, B, ...], membrane potential after reset [T, B, ...])."""
+        """Per layer: (spikes [T, B, ...], membrane potential before spike and reset [T, B, ...])."""
         out = []
         for layer in self.layers:
             x, states = layer(x, mode=mode, record_states=True)
-            out.append((x, states.v))
+            out.append((x, states.v_pre))
         return out
 
 

@@ -258,7 +258,7 @@ def train(
         "world_size": world,
         "forward_backward_passes": t.epochs * sum(  # per rank
             passes_per_step if (s % recipe.optimizer.perturb_every == 0 or not recipe.optimizer.sharpness_aware) else 1
-            for s in range(len(batches_b))),
+            for s in range(len(minibatches(torch.arange(n), t.batch_size * world)))),
         "history": history,
     }
     if rank == 0:

@@ -44,6 +44,7 @@ def test_lif_step_by_hand():
     # v' = 0.75 * v + I = [0.9, 1.1, 1.0]; spikes strictly above 1; reset to zero
     assert z.tolist() == [0.0, 1.0, 0.0]
     np.testing.assert_allclose(s.v.numpy(), [0.9, 0.0, 1.0], rtol=1e-6)
+    np.testing.assert_allclose(s.v_pre.numpy(), [0.9, 1.1, 1.0], rtol=1e-6)  # what the threshold saw
     zs, ss = lif_step(i, LIFBoxFeedForwardState(v=v), p._replace(method="surrogate"))
     sig = arctan_sigmoid(torch.tensor([0.9, 1.1, 1.0]) - 1.0, 2.0)
     np.testing.assert_allclose(zs.numpy(), sig.numpy(), rtol=1e-6)

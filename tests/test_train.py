@@ -85,10 +85,15 @@ def test_checkpoint_of_another_recipe_is_refused(tmp_path, small_data):
 def test_recipes_in_train_folder_are_valid():
     from pathlib import Path
 
+    from sast_deploy.study import load_study
+
     recipes = sorted((Path(__file__).resolve().parents[1] / "train").glob("*.toml"))
     assert recipes
     for path in recipes:
-        load_recipe(path)
+        if path.name.startswith("study-"):
+            assert load_study(path).methods  # study files: methods over a recipe, each override valid
+        else:
+            load_recipe(path)
 
 
 def test_recipe_errors_name_file_and_field(tmp_path):
@@ -144,3 +149,13 @@ def test_conv_net_trains_on_event_frames(tmp_path, small_data):
     model, _, _ = load_run(tmp_path)
     assert [layer.kind for layer in model.layers] == ["conv", "pool", "dense"]
     assert metrics["surrogate_accuracy"] > 15
+
+
+def test_rerunning_a_finished_run_rewrites_its_outputs(tmp_path, small_data):
+    _, data = small_data
+    recipe = _recipe(**{"training.epochs": 1})
+    first = train(recipe, tmp_path, progress=False, data=data)
+    (tmp_path / "metrics.json").unlink()
+    again = train(recipe, tmp_path, progress=False, data=data)  # resumes after the last epoch: nothing to train
+    assert again["hard_accuracy"] == first["hard_accuracy"] and (tmp_path / "metrics.json").exists()
+    assert again["forward_backward_passes"] == first["forward_backward_passes"]

@@ -26,7 +26,7 @@ spike mode and ``alpha`` the surrogate slope.
 from __future__ import annotations
 
 import math
-from typing import Callable, Dict, Tuple
+from typing import Callable, Dict, NamedTuple, Tuple
 
 import torch
 from norse.torch.functional.lif_box import LIFBoxFeedForwardState, LIFBoxParameters
@@ -83,14 +83,23 @@ def lif_parameters(beta: float, v_th: float, alpha: float, mode: str = "surrogat
     return LIFBoxParameters(tau_mem_inv=(1.0 - beta) / dt, v_leak=0.0, v_th=v_th, v_reset=0.0, method=mode, alpha=alpha)
 
 
+class LIFState(NamedTuple):
+    """norse's LIFBoxFeedForwardState plus the potential before this step's spike and reset
+    (``v_pre`` = v', what the threshold is compared with: the membrane margin diagnostics read it)."""
+
+    v: torch.Tensor
+    v_pre: torch.Tensor
+
+
 def lif_step(
     input_current: torch.Tensor, state: LIFBoxFeedForwardState, p: LIFBoxParameters, dt: float = 1.0
-) -> Tuple[torch.Tensor, LIFBoxFeedForwardState]:
-    """One step of the LIF above; the activation of norse's ``SNN``/``SNNCell``."""
+) -> Tuple[torch.Tensor, LIFState]:
+    """One step of the LIF above; the activation of norse's ``SNN``/``SNNCell``. Accepts
+    norse's ``LIFBoxFeedForwardState`` or a :class:`LIFState`."""
     v_decayed = state.v + dt * p.tau_mem_inv * (p.v_leak - state.v) + input_current
     z = SPIKE_FUNCTIONS[p.method](v_decayed - p.v_th, p.alpha)
     v_new = p.reset_method(z, v_decayed, p.v_reset, p.v_th)
-    return z, LIFBoxFeedForwardState(v=v_new)
+    return z, LIFState(v=v_new, v_pre=v_decayed)
 
 
 # --- the same equations in Loihi 2 fixed point ------------------------------------------

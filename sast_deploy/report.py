@@ -1,0 +1,207 @@
+"""Stage 9, report: the study's table (mean ± std over seeds), mechanism diagnostics and
+figures, from the run directories a study wrote. ``report.md``, ``report.json`` and PNGs."""
+
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+from typing import Dict, List
+
+import numpy as np
+
+from .fileio import atomic_write_bytes, atomic_write_text
+
+SHARPNESS_RHO = 0.05  # perturbation norm of the sharpness estimate (weight units), the same for all runs
+MODES = (("surrogate_accuracy", "surrogate"), ("hard_accuracy", "hard (float)"),
+         ("emulator_accuracy", "hard (Loihi 2 emulator)"), ("lava_accuracy", "Lava simulator (subset)"))
+
+
+def _ms(values) -> tuple:
+    values = [v for v in values if v is not None]
+    if not values:
+        return (float("nan"), float("nan"))
+    return (statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def collect(study_dir: str | Path, diagnostics: bool = True) -> Dict[str, object]:
+    """Per method: the runs' metrics, comparisons and diagnostics (cached in each run)."""
+    from .data import load_dataset
+    from .diagnostics import diagnose
+    from .train import RunError, load_run
+
+    study_dir = Path(study_dir)
+    index = json.loads((study_dir / "study.json").read_text())
+    methods = {}
+    for m in index["methods"]:
+        runs = []
+        for seed in index["seeds"]:
+            d = study_dir / m["name"] / f"seed{seed}"
+            if not (d / "compare.json").exists():
+                continue  # not finished: the report covers what exists
+            model, recipe, metrics = load_run(d)
+            run = {"seed": seed, "dir": str(d), "metrics": metrics, "compare": json.loads((d / "compare.json").read_text()),
+                   "rho": recipe.optimizer.rho, "optimizer": recipe.optimizer.name}
+            if diagnostics:
+                cache = d / "diagnostics.json"
+                if not cache.exists() or json.loads(cache.read_text()).get("sharpness_rho") != SHARPNESS_RHO:
+                    train, test = load_dataset(recipe.data, progress=False)
+                    # one radius for every method, so that sharpness compares across methods
+                    diag = diagnose(model, train, test, SHARPNESS_RHO, recipe.training.loss_scale)
+                    atomic_write_text(cache, json.dumps({"sharpness_rho": SHARPNESS_RHO, **diag}) + "\n")
+                run["diagnostics"] = json.loads(cache.read_text())
+            runs.append(run)
+        if runs:
+            methods[m["name"]] = runs
+    if not methods:
+        raise RunError(f"{study_dir}: no finished runs (run sast-deploy study first)")
+    return {"study": index, "methods": methods}
+
+
+def summarize(data: Dict[str, object]) -> List[Dict[str, object]]:
+    base = data["methods"].get("baseline")
+    base_time = statistics.mean(r["metrics"]["train_seconds"] for r in base) if base else None
+    rows = []
+    for name, runs in data["methods"].items():
+        row = {"method": name, "seeds": len(runs)}
+        for key in ("surrogate_accuracy", "hard_accuracy", "transfer_gap_pp"):
+            row[key] = _ms([r["metrics"][key] for r in runs])
+        row["emulator_accuracy"] = _ms([r["compare"]["emulator_accuracy"] for r in runs])
+        row["lava_accuracy"] = _ms([r["compare"]["lava_accuracy"] for r in runs])
+        row["lava_emulator_agreement"] = min(r["compare"]["lava_emulator_agreement"] for r in runs)
+        t = statistics.mean(r["metrics"]["train_seconds"] for r in runs)
+        row["train_time_vs_baseline"] = t / base_time if base_time else float("nan")
+        if all("diagnostics" in r for r in runs):
+            d = [r["diagnostics"] for r in runs]
+            row["spectral_norm_max"] = _ms([max(x["spectral_norms"]) for x in d])
+            row["input_gradient_norm"] = _ms([x["input_gradient_norm"] for x in d])
+            row["sharpness"] = _ms([x["sharpness"] for x in d])
+            row["fence_sitters"] = _ms([x["margins"]["fence_sitter_fraction"] for x in d])
+        rows.append(row)
+    return rows
+
+
+def markdown(rows: List[Dict[str, object]], data: Dict[str, object]) -> str:
+    f = lambda ms, d=2: f"{ms[0]:.{d}f} ± {ms[1]:.{d}f}"  # noqa: E731
+    lines = [f"# Transfer-gap study: {data['study']['name']}", "",
+             f"Base recipe `{data['study']['base']}`; mean ± std over seeds; accuracies in %, gaps in pp; "
+             f"Lava on the first {data['study']['lava_samples']} test samples.", "",
+             "| method | seeds | surrogate | hard (float) | transfer gap | hard (Loihi 2 emulator) | Lava | Lava = emulator (min) | train time vs baseline |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['method']} | {r['seeds']} | {f(r['surrogate_accuracy'])} | {f(r['hard_accuracy'])} | "
+                     f"{f(r['transfer_gap_pp'])} | {f(r['emulator_accuracy'])} | {f(r['lava_accuracy'])} | "
+                     f"{r['lava_emulator_agreement']:.4f} | {r['train_time_vs_baseline']:.2f} |")
+    if all("sharpness" in r for r in rows):
+        lines += ["", "## Mechanism diagnostics", "",
+                  f"| method | max spectral norm | input-gradient norm | sharpness (loss rise at ‖ε‖ = {SHARPNESS_RHO}) | fence-sitters (\\|v'−θ\\|/θ < 0.1) |",
+                  "|---|---|---|---|---|"]
+        for r in rows:
+            lines.append(f"| {r['method']} | {f(r['spectral_norm_max'])} | {f(r['input_gradient_norm'], 3)} | "
+                         f"{f(r['sharpness'], 4)} | {f(r['fence_sitters'], 4)} |")
+    return "\n".join(lines) + "\n"
+
+
+def _save(fig, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    atomic_write_bytes(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
+    plt.close(fig)
+    return path
+
+
+def figures(data: Dict[str, object], rows: List[Dict[str, object]], out: Path) -> List[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths = []
+    methods = data["methods"]
+    sast = sorted(((runs[0]["rho"], name) for name, runs in methods.items() if runs[0]["optimizer"] == "sast"))
+    # 1. gap and hard accuracy vs rho
+    if sast:
+        fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+        for ax, key, label in ((axes[0], "transfer_gap_pp", "transfer gap (pp)"), (axes[1], "hard_accuracy", "hard-spike accuracy (%)")):
+            rhos = [rho for rho, _ in sast]
+            vals = [[r["metrics"][key] for r in methods[name]] for _, name in sast]
+            ax.errorbar(rhos, [np.mean(v) for v in vals], yerr=[np.std(v) for v in vals], marker="o", capsize=3, label="SAST (mean ± std over seeds)")
+            for rho, v in zip(rhos, vals):
+                ax.scatter([rho] * len(v), v, s=10, color="gray", alpha=0.6)
+            if "baseline" in methods:
+                b = [r["metrics"][key] for r in methods["baseline"]]
+                ax.axhspan(np.mean(b) - np.std(b), np.mean(b) + np.std(b), color="C1", alpha=0.2)
+                ax.axhline(np.mean(b), color="C1", label="baseline (mean ± std)")
+            ax.set_xscale("log")
+            ax.set_xlabel("SAST perturbation radius ρ (weight units, log scale)")
+            ax.set_ylabel(label)
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=8)
+        fig.suptitle("Transfer gap and hard-spike accuracy vs ρ (test split)")
+        fig.tight_layout()
+        paths.append(_save(fig, out / "gap_vs_rho.png"))
+    # 2. accuracy per evaluation mode
+    fig, ax = plt.subplots(figsize=(max(8, 1.1 * len(rows)), 4.5))
+    width = 0.2
+    x = np.arange(len(rows))
+    for i, (key, label) in enumerate(MODES):
+        means = [r[key][0] for r in rows]
+        stds = [r[key][1] for r in rows]
+        ax.bar(x + (i - 1.5) * width, means, width, yerr=stds, capsize=2, label=label)
+    ax.set_xticks(x, [r["method"] for r in rows], rotation=30, ha="right")
+    ax.set_ylabel("test accuracy (%)")
+    lo = min(min(r[k][0] for k, _ in MODES) for r in rows)
+    ax.set_ylim(max(0, lo - 10), 100)
+    ax.legend(fontsize=8, ncol=2)
+    ax.set_title("Accuracy per evaluation mode (mean ± std over seeds)")
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    paths.append(_save(fig, out / "accuracy_by_mode.png"))
+    # 3. membrane margins, baseline vs the SAST with the smallest mean gap
+    best = min(sast, key=lambda s: np.mean([r["metrics"]["transfer_gap_pp"] for r in methods[s[1]]]))[1] if sast else None
+    if "baseline" in methods and best and all("diagnostics" in r for r in methods["baseline"] + methods[best]):
+        fig, ax = plt.subplots(figsize=(7, 4))
+        for name in ("baseline", best):
+            d = [r["diagnostics"]["margins"] for r in methods[name]]
+            edges = np.asarray(d[0]["edges"])
+            dens = np.mean([x["density"] for x in d], axis=0)
+            fs = np.mean([x["fence_sitter_fraction"] for x in d])
+            ax.step(edges[:-1], dens, where="post", label=f"{name}: {100 * fs:.2f} % within ±10 % of θ")
+        ax.axvspan(-0.1, 0.1, color="red", alpha=0.15, label="fence-sitters (|v'−θ|/θ < 0.1)")
+        ax.set_yscale("log")
+        ax.set_xlabel("membrane margin (v' − θ) / θ, all layers and steps, hard mode (clipped to ±3)")
+        ax.set_ylabel("fraction of neuron-steps per bin")
+        ax.set_title("Membrane margins on test data")
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        paths.append(_save(fig, out / "membrane_margins.png"))
+    # 4. training curves
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
+    for ax, key, label in ((axes[0], "surrogate_accuracy", "surrogate-forward"), (axes[1], "hard_accuracy", "hard spikes")):
+        for name in [n for n in ("baseline", best) if n in methods]:
+            hist = [[h[key] for h in r["metrics"]["history"]] for r in methods[name]]
+            n = min(len(h) for h in hist)
+            arr = np.array([h[:n] for h in hist])
+            ax.plot(np.arange(1, n + 1), arr.mean(0), marker=".", label=name)
+            ax.fill_between(np.arange(1, n + 1), arr.min(0), arr.max(0), alpha=0.2)
+        ax.set_xlabel("epoch")
+        ax.set_title(f"test accuracy, {label}")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    axes[0].set_ylabel("test accuracy (%) (mean, band: seed range)")
+    fig.tight_layout()
+    paths.append(_save(fig, out / "training_curves.png"))
+    return paths
+
+
+def write_report(study_dir: str | Path, out: str | Path, diagnostics: bool = True) -> Dict[str, object]:
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    data = collect(study_dir, diagnostics)
+    rows = summarize(data)
+    pngs = figures(data, rows, out)
+    md = markdown(rows, data) + "\n## Figures\n\n" + "\n".join(f"![{p.stem}]({p.name})" for p in pngs) + "\n"
+    atomic_write_text(out / "report.md", md)
+    atomic_write_text(out / "report.json", json.dumps({"study": data["study"], "rows": rows}, indent=2) + "\n")
+    return {"md": out / "report.md", "json": out / "report.json", "figures": pngs, "rows": rows}

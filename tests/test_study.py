@@ -1,0 +1,88 @@
+"""The study runner (resumable) and its report."""
+
+import json
+
+import pytest
+
+from sast_deploy.cli import main
+from sast_deploy.config import RecipeError
+from sast_deploy.study import load_study, run_study
+
+BASE = """
+name = "tiny"
+[data]
+n_time_bins = 10
+[data.synthetic]
+max_sources = 200
+train_variants = 2
+test_variants = 1
+[model]
+hidden = [16]
+alpha = 1.0
+[optimizer]
+lr = 5e-3
+[training]
+epochs = 1
+batch_size = 64
+"""
+
+STUDY = """
+name = "tiny-study"
+base = "base.toml"
+seeds = [0, 1]
+lava_samples = 8
+[[method]]
+name = "baseline"
+set = ["optimizer.name=baseline"]
+[[method]]
+name = "sast-rho0.05"
+set = ["optimizer.name=sast", "optimizer.rho=0.05"]
+[[method]]
+name = "sast-rho0.2"
+set = ["optimizer.name=sast", "optimizer.rho=0.2"]
+[[method]]
+name = "baseline-calibrated"
+calibrate = "baseline"
+"""
+
+
+def test_study_runs_resumes_and_reports(tmp_path, small_data):
+    (tmp_path / "base.toml").write_text(BASE)
+    (tmp_path / "study.toml").write_text(STUDY)
+    study = load_study(tmp_path / "study.toml")
+    assert [m.name for m in study.methods] == ["baseline", "sast-rho0.05", "sast-rho0.2", "baseline-calibrated"]
+    out = tmp_path / "out"
+    runs = run_study(study, out, progress=False, log=lambda s: None)
+    assert len(runs) == 8 and all((r / "compare.json").exists() for r in runs)
+    stamps = {r: (r / "model.pt").stat().st_mtime for r in runs}
+    # a finished study does nothing again; a deleted run is redone alone
+    (out / "sast-rho0.2" / "seed1" / "metrics.json").unlink()
+    logged = []
+    run_study(study, out, progress=False, log=logged.append)
+    assert len(logged) == 1 and "sast-rho0.2 seed 1" in logged[0]
+    assert all((r / "model.pt").stat().st_mtime == stamps[r] for r in runs if "sast-rho0.2/seed1" not in str(r))
+    calibrated = json.loads((out / "baseline-calibrated" / "seed0" / "metrics.json").read_text())
+    assert calibrated["calibrated_from"].endswith("baseline/seed0")
+
+    assert main(["report", str(out), "--out", str(tmp_path / "report")]) == 0
+    md = (tmp_path / "report" / "report.md").read_text()
+    for name in ("baseline", "sast-rho0.05", "sast-rho0.2", "baseline-calibrated", "Mechanism diagnostics"):
+        assert name in md
+    report = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert [r["seeds"] for r in report["rows"]] == [2, 2, 2, 2]
+    for png in ("gap_vs_rho", "accuracy_by_mode", "membrane_margins", "training_curves"):
+        assert (tmp_path / "report" / f"{png}.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_bad_study_files_are_named(tmp_path):
+    (tmp_path / "base.toml").write_text(BASE)
+    bad = tmp_path / "s.toml"
+    bad.write_text('base = "base.toml"\n[[method]]\nname = "x"\nset = ["optimizer.rhoo=1"]\n')
+    with pytest.raises(RecipeError, match="optimizer.rhoo"):
+        load_study(bad)
+    bad.write_text('base = "base.toml"\n[[method]]\nname = "c"\ncalibrate = "baseline"\n')
+    with pytest.raises(RecipeError, match="must be listed before it"):
+        load_study(bad)
+    bad.write_text('[[method]]\nname = "x"\n')
+    with pytest.raises(RecipeError, match="missing key 'base'"):
+        load_study(bad)
