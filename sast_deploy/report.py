@@ -141,7 +141,7 @@ def figures(data: Dict[str, object], rows: List[Dict[str, object]], out: Path) -
         fig.tight_layout()
         paths.append(_save(fig, out / "gap_vs_rho.png"))
     # 2. accuracy per evaluation mode
-    fig, ax = plt.subplots(figsize=(max(8, 1.1 * len(rows)), 4.5))
+    fig, ax = plt.subplots(figsize=(max(8, 1.1 * len(rows)), 5.2))
     width = 0.2
     x = np.arange(len(rows))
     for i, (key, label) in enumerate(MODES):
@@ -152,7 +152,7 @@ def figures(data: Dict[str, object], rows: List[Dict[str, object]], out: Path) -
     ax.set_ylabel("test accuracy (%)")
     lo = min(min(r[k][0] for k, _ in MODES) for r in rows)
     ax.set_ylim(max(0, lo - 10), 100)
-    ax.legend(fontsize=8, ncol=2)
+    ax.legend(fontsize=8, ncol=4, loc="upper center", bbox_to_anchor=(0.5, -0.3))  # below the labels, clear of the bars
     ax.set_title("Accuracy per evaluation mode (mean ± std over seeds)")
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
