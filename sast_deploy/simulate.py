@@ -41,14 +41,13 @@ class SimulatorConfig:
     def load(cls, path: Optional[str | Path] = None) -> "SimulatorConfig":
         import dataclasses
 
-        from .config import RecipeError, tomllib
+        from .config import RecipeError, read_toml
 
-        path = Path(path) if path else HARDWARE_DIR / "lava-sim.toml"
-        if not path.is_file():
-            if path == HARDWARE_DIR / "lava-sim.toml":
-                return cls()
-            raise RecipeError(f"{path}: hardware config not found")
-        raw = tomllib.loads(path.read_text())
+        default = HARDWARE_DIR / "lava-sim.toml"
+        path = Path(path) if path else default
+        if path == default and not path.is_file():
+            return cls()
+        raw = read_toml(path, "hardware config")
         bad = set(raw) - {f.name for f in dataclasses.fields(cls)}
         if bad:
             raise RecipeError(f"{path}: unknown key(s) {sorted(bad)}")

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import List, Sequence, Tuple
 
-from .config import RecipeError, load_recipe, tomllib
+from .config import RecipeError, load_recipe, read_toml
 from .fileio import atomic_write_text
 
 
@@ -47,12 +47,7 @@ class Study:
 
 def load_study(path: str | Path) -> Study:
     path = Path(path)
-    if not path.is_file():
-        raise RecipeError(f"{path}: study file not found")
-    try:
-        raw = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as exc:
-        raise RecipeError(f"{path}: not valid TOML ({exc})") from exc
+    raw = read_toml(path, "study")
     bad = set(raw) - {"name", "base", "seeds", "lava_samples", "method"}
     if bad:
         raise RecipeError(f"{path}: unknown key(s) {sorted(bad)}")

@@ -30,6 +30,20 @@ def reference_nmnist() -> Path:
 SMALL_SYNTHETIC = {"max_sources": 200, "train_variants": 2, "test_variants": 1}
 
 
+# The same data and model as a recipe file's sections (tests that go through TOML files).
+SMALL_RECIPE_TOML = """
+[data]
+n_time_bins = 10
+[data.synthetic]
+max_sources = 200
+train_variants = 2
+test_variants = 1
+[model]
+hidden = [16]
+alpha = 1.0
+"""
+
+
 @pytest.fixture(scope="session")
 def small_data():
     from sast_deploy.data import DataConfig, load_dataset

@@ -9,17 +9,9 @@ import torch
 
 from sast_deploy.train import load_run
 
-RECIPE = """
-name = "ddp"
-[data]
-n_time_bins = 10
-[data.synthetic]
-max_sources = 200
-train_variants = 2
-test_variants = 1
-[model]
-hidden = [16]
-alpha = 1.0
+from conftest import SMALL_RECIPE_TOML
+
+RECIPE = 'name = "ddp"\n' + SMALL_RECIPE_TOML + """
 [optimizer]
 name = "sast"
 lr = 5e-3

@@ -8,17 +8,9 @@ from sast_deploy.cli import main
 from sast_deploy.config import RecipeError
 from sast_deploy.study import load_study, run_study
 
-BASE = """
-name = "tiny"
-[data]
-n_time_bins = 10
-[data.synthetic]
-max_sources = 200
-train_variants = 2
-test_variants = 1
-[model]
-hidden = [16]
-alpha = 1.0
+from conftest import SMALL_RECIPE_TOML
+
+BASE = 'name = "tiny"\n' + SMALL_RECIPE_TOML + """
 [optimizer]
 lr = 5e-3
 [training]
