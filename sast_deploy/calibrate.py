@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Dict, Sequence, Tuple
 
 import numpy as np
-import torch
 
 from .data import FrameDataset, load_dataset
 from .model import SpikingNet, build_model

@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import List, Sequence, Tuple
+from typing import List, Tuple
 
 from .config import RecipeError, load_recipe, read_toml
 from .fileio import atomic_write_text
