@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from pathlib import Path
 from typing import Dict, Optional
 
@@ -63,13 +64,14 @@ def compare_run(run_dir: str | Path, samples: int = 500, progress: bool = True, 
     """Writes RUN_DIR/compare.json and compare.md (compare-w4.json etc. below 8 weight bits)."""
     run_dir = Path(run_dir)
     spec = spec or load_spec()
-    rank, world = distributed_context(torch.device("cpu"))
+    # Under torchrun the process group is created only after Lava has run: Lava forks its
+    # process models, and forking a process that already runs gloo's threads is unsafe.
+    rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
     model, recipe, metrics = load_run(run_dir)
     suffix = precision_suffix(spec)
     net_path = run_dir / f"net{suffix}.h5"
-    if rank == 0 and (not net_path.exists() or net_path.stat().st_mtime < (run_dir / "model.pt").stat().st_mtime):
-        export_run(run_dir, net_path, spec)
-    _barrier(world)
+    if not net_path.exists() or net_path.stat().st_mtime < (run_dir / "model.pt").stat().st_mtime:
+        export_run(run_dir, net_path, spec)  # on every rank: the export is deterministic and written atomically
     qnet = read_netx(net_path)
     _, test = load_dataset(recipe.data, progress=progress)
     check_input(qnet, test, net_path)
@@ -78,11 +80,14 @@ def compare_run(run_dir: str | Path, samples: int = 500, progress: bool = True, 
     hard = output_counts(model, test, "hard")
     # under torchrun each rank emulates and simulates its contiguous slice; rank 0 gathers
     lo, hi = _shard(len(test), rank, world)
-    emulation = Emulation.merge(_gather(emulate(qnet, test.frames[lo:hi], progress=progress and rank == 0), world))
-    emu = emulation.counts
+    local_emulation = emulate(qnet, test.frames[lo:hi], progress=progress and rank == 0)
     n = min(samples, len(test)) if samples > 0 else len(test)
     lo, hi = _shard(n, rank, world)
     part = simulate_lava(net_path, test.frames[lo:hi].numpy(), progress=progress and rank == 0, copies=copies) if hi > lo else None
+    if world > 1:
+        distributed_context(torch.device("cpu"))
+    emulation = Emulation.merge(_gather(local_emulation, world))
+    emu = emulation.counts
     parts = [p for p in _gather(part, world) if p is not None]
     lava = torch.from_numpy(np.concatenate([p.counts for p in parts]))
     lava_seconds = max(p.seconds for p in parts)  # the ranks run side by side
@@ -130,13 +135,6 @@ def _gather(obj, world: int) -> list:
     out = [None] * world
     dist.all_gather_object(out, obj)
     return out
-
-
-def _barrier(world: int) -> None:
-    if world > 1:
-        import torch.distributed as dist
-
-        dist.barrier()
 
 
 def compare_markdown(rows) -> str:

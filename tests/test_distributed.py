@@ -22,6 +22,12 @@ seed = 3
 """
 
 
+def _child_errors(stderr: str) -> str:
+    """The ranks' own tracebacks and error lines (torchrun's summary alone hides them)."""
+    lines = [ln for ln in stderr.splitlines() if "Error" in ln or "error" in ln or ln.startswith(("Traceback", "  File"))]
+    return "\n".join(lines[:80]) or stderr[-3000:]
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -37,7 +43,7 @@ def test_two_gloo_ranks_match_one_process(tmp_path, small_data):
            f"--master_port={_free_port()}", "-m", "sast_deploy.cli", "train", "--config", str(recipe),
            "--set", "training.batch_size=32", "--out", str(tmp_path / "ddp"), "--quiet"]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.returncode == 0, _child_errors(done.stderr)
     from sast_deploy.cli import main
 
     assert main(["train", "--config", str(recipe), "--set", "training.batch_size=64", "--out", str(tmp_path / "one"), "--quiet"]) == 0
@@ -67,7 +73,7 @@ def test_sharded_compare_equals_single_process(trained_run, tmp_path):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
            f"--master_port={_free_port()}", "-m", "sast_deploy.cli", "compare", str(run), "--samples", "21", "--quiet"]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.returncode == 0, _child_errors(done.stderr)
     sharded = json.loads((run / "compare.json").read_text())
     assert sharded["ranks"] == 2 and single["ranks"] == 1
     timing = {"ranks", "lava_samples_per_s", "lava_timesteps_per_s", "lava_compile_seconds"}
