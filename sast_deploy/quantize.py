@@ -29,10 +29,6 @@ import torch.nn.functional as F
 from .functional.lif import LOIHI_STATE_BITS, decay_to_fixed_point, lif_step_fixed_point
 from .model import SpikingNet
 
-try:
-    import tomllib
-except ModuleNotFoundError:
-    import tomli as tomllib
 
 
 class QuantizationError(ValueError):
@@ -51,11 +47,10 @@ class Loihi2Spec:
 
     @classmethod
     def from_toml(cls, path: str | Path) -> "Loihi2Spec":
+        from .config import read_toml
+
         path = Path(path)
-        try:
-            raw = tomllib.loads(path.read_text())
-        except (OSError, tomllib.TOMLDecodeError) as exc:
-            raise QuantizationError(f"{path}: cannot read the target spec ({exc})") from exc
+        raw = read_toml(path, "target spec")
         known = {f.name for f in dataclasses.fields(cls)}
         bad = set(raw) - known
         if bad:
