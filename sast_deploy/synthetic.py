@@ -151,20 +151,35 @@ def generate_recording(image8: np.ndarray, rng: np.random.Generator, cfg: Synthe
     frames = _render(ink, saccade_offsets(frame_t, cfg.saccade_ms), origin, cfg.sensor_px)
     log_i = np.log(cfg.background_intensity + frames)  # [F, S, S]
 
-    n_px = cfg.sensor_px * cfg.sensor_px
-    log_i = log_i.reshape(len(frame_t), n_px)
-    threshold = np.maximum(cfg.contrast_threshold * (1 + cfg.threshold_mismatch * rng.standard_normal(n_px)), 0.02)
+    return dvs_pixel_events(log_i, frame_t, duration_us, rng, cfg)
+
+
+def dvs_pixel_events(log_i: np.ndarray, frame_t: np.ndarray, duration_us: int, rng: np.random.Generator, pixel) -> np.ndarray:
+    """The DVS/ATIS pixel model shared by the synthetic datasets: events sorted by t.
+
+    ``log_i`` is the log intensity [frames, H, W] rendered at times ``frame_t`` (us, evenly
+    spaced by ``pixel.render_step_us``); ``pixel`` carries the calibrated pixel parameters
+    (``contrast_threshold``, ``threshold_mismatch``, ``refractory_us``, ``jitter_us``,
+    ``noise_rate_hz``). Each pixel emits an ON (OFF) event each time its log intensity rose
+    (fell) by its own contrast threshold since its last event, then Poisson background
+    events and timestamp jitter are added; events jittered out of [0, duration_us] are dropped.
+    """
+    n_frames, height, width = log_i.shape
+    n_px = height * width
+    log_i = log_i.reshape(n_frames, n_px)
+    step = pixel.render_step_us
+    threshold = np.maximum(pixel.contrast_threshold * (1 + pixel.threshold_mismatch * rng.standard_normal(n_px)), 0.02)
     ref = log_i[0].copy()
     last_event = np.full(n_px, -1e12)
     xs, ys, ts, ps = [], [], [], []
-    for f in range(1, len(frame_t)):
+    for f in range(1, n_frames):
         diff = log_i[f] - ref
         # strict crossings: the digit returns exactly to its start at the end of the third
         # saccade, and a pixel sitting exactly (to rounding) one threshold from its reference
         # must not fire
         n = np.maximum(np.ceil(np.abs(diff) / threshold - 1e-9) - 1, 0).astype(int)
-        ready = frame_t[f] - last_event >= cfg.refractory_us
-        n = np.where(ready, np.minimum(n, max(1, step // max(cfg.refractory_us, 1))), 0)
+        ready = frame_t[f] - last_event >= pixel.refractory_us
+        n = np.where(ready, np.minimum(n, max(1, step // max(pixel.refractory_us, 1))), 0)
         fired = np.nonzero(n)[0]
         if fired.size == 0:
             continue
@@ -175,18 +190,18 @@ def generate_recording(image8: np.ndarray, rng: np.random.Generator, cfg: Synthe
         idx = np.repeat(fired, counts)
         k = np.concatenate([np.arange(c) for c in counts])
         frac = (k + rng.random(idx.size)) / np.repeat(counts, counts)
-        xs.append(idx % cfg.sensor_px)
-        ys.append(idx // cfg.sensor_px)
+        xs.append(idx % width)
+        ys.append(idx // width)
         ts.append(frame_t[f - 1] + frac * step)
         ps.append((np.repeat(sign, counts) > 0).astype(int))
 
-    n_noise = rng.poisson(cfg.noise_rate_hz * 2 * n_px * duration_us * 1e-6)
-    xs.append(rng.integers(0, cfg.sensor_px, n_noise))
-    ys.append(rng.integers(0, cfg.sensor_px, n_noise))
+    n_noise = rng.poisson(pixel.noise_rate_hz * 2 * n_px * duration_us * 1e-6)
+    xs.append(rng.integers(0, width, n_noise))
+    ys.append(rng.integers(0, height, n_noise))
     ts.append(rng.uniform(0, duration_us, n_noise))
     ps.append(rng.integers(0, 2, n_noise))
 
-    t = np.round(np.concatenate(ts) + cfg.jitter_us * rng.standard_normal(sum(a.size for a in ts)))
+    t = np.round(np.concatenate(ts) + pixel.jitter_us * rng.standard_normal(sum(a.size for a in ts)))
     inside = (t >= 0) & (t <= duration_us)  # the recording window; jitter must not pile events on its edges
     events = np.empty(int(inside.sum()), dtype=EVENT_DTYPE)
     events["x"] = np.concatenate(xs)[inside]
@@ -203,7 +218,7 @@ class EventSplit:
     events: np.ndarray
     offsets: np.ndarray
     labels: np.ndarray
-    source_ids: np.ndarray  # index of the load_digits image each recording came from
+    source_ids: np.ndarray  # what each recording came from (load_digits image, gesture subject); splits never share one
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -234,7 +249,6 @@ def generate_synthetic_nmnist(cfg: SyntheticNMNISTConfig, progress: bool = True)
     """Generate the train and test splits. The split is by source image: no load_digits
     image has a recording (in any variant) on both sides."""
     from sklearn.datasets import load_digits
-    from tqdm import tqdm
 
     digits = load_digits()
     images, targets = digits.images, digits.target
@@ -252,29 +266,35 @@ def generate_synthetic_nmnist(cfg: SyntheticNMNISTConfig, progress: bool = True)
         (images[s], seeds[(s * n_var + v) * 2 + (split == "test")], cfg, v > 0 or split == "train")
         for s, v, split in jobs
     ]
+    recs = generate_parallel(_recording_task, tasks, "generating synthetic-nmnist", progress)
+    for (s, _, split), ev in zip(jobs, recs):
+        out[split].append((ev, int(targets[s]), int(s)))
+    return pack_split(out["train"]), pack_split(out["test"])
+
+
+def generate_parallel(fn, tasks: list, desc: str, progress: bool) -> list:
+    """``[fn(t) for t in tasks]`` on up to two worker processes, with a progress bar."""
+    from tqdm import tqdm
+
     n_proc = min(2, os.cpu_count() or 1) if len(tasks) > 200 else 1
     if n_proc > 1:
         # fork (where the OS has it) works from unguarded user scripts too; the workers
         # only run numpy/scipy code, so forking after torch was imported is safe here
         method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
         with multiprocessing.get_context(method).Pool(n_proc) as pool:
-            recs = list(tqdm(pool.imap(_recording_task, tasks, chunksize=32), total=len(tasks),
-                             desc="generating synthetic-nmnist", disable=not progress, unit="rec"))
-    else:
-        recs = [_recording_task(t) for t in tqdm(tasks, desc="generating synthetic-nmnist", disable=not progress, unit="rec")]
-    for (s, _, split), ev in zip(jobs, recs):
-        out[split].append((ev, int(targets[s]), int(s)))
+            return list(tqdm(pool.imap(fn, tasks, chunksize=32), total=len(tasks), desc=desc, disable=not progress, unit="rec"))
+    return [fn(t) for t in tqdm(tasks, desc=desc, disable=not progress, unit="rec")]
 
-    def pack(items) -> EventSplit:
-        lengths = [len(e) for e, _, _ in items]
-        return EventSplit(
-            events=np.concatenate([e for e, _, _ in items]) if items else np.empty(0, EVENT_DTYPE),
-            offsets=np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64),
-            labels=np.array([y for _, y, _ in items], dtype=np.int64),
-            source_ids=np.array([s for _, _, s in items], dtype=np.int64),
-        )
 
-    return pack(out["train"]), pack(out["test"])
+def pack_split(items) -> EventSplit:
+    """An :class:`EventSplit` from (events, label, source id) triples."""
+    lengths = [len(e) for e, _, _ in items]
+    return EventSplit(
+        events=np.concatenate([e for e, _, _ in items]) if items else np.empty(0, EVENT_DTYPE),
+        offsets=np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64),
+        labels=np.array([y for _, y, _ in items], dtype=np.int64),
+        source_ids=np.array([s for _, _, s in items], dtype=np.int64),
+    )
 
 
 def event_statistics(events: np.ndarray, saccade_ms: float = 105.0, bin_ms: float = 5.0) -> Dict[str, object]:
