@@ -2,6 +2,8 @@
 
 Datasets:
   ``synthetic-nmnist``  embedded default, generated offline (see :mod:`sast_deploy.synthetic`)
+  ``synthetic-gesture`` embedded DVS-Gesture-like default, 11 classes on 32x32
+                        (see :mod:`sast_deploy.synthetic_gesture`)
   ``nmnist``            real N-MNIST through ``tonic.datasets.NMNIST``
   ``dvsgesture``        real DVS128 Gesture through ``tonic.datasets.DVSGesture``
 
@@ -25,10 +27,17 @@ import torch
 
 from .fileio import atomic_save_npz
 from .synthetic import EventSplit, SyntheticNMNISTConfig, generate_synthetic_nmnist
+from .synthetic_gesture import SyntheticGestureConfig, generate_synthetic_gesture
 
-DATASETS = ("synthetic-nmnist", "nmnist", "dvsgesture")
-N_CLASSES = {"synthetic-nmnist": 10, "nmnist": 10, "dvsgesture": 11}
-SENSOR_SIZE = {"synthetic-nmnist": (34, 34, 2), "nmnist": (34, 34, 2), "dvsgesture": (128, 128, 2)}
+DATASETS = ("synthetic-nmnist", "synthetic-gesture", "nmnist", "dvsgesture")
+N_CLASSES = {"synthetic-nmnist": 10, "synthetic-gesture": 11, "nmnist": 10, "dvsgesture": 11}
+SENSOR_SIZE = {"synthetic-nmnist": (34, 34, 2), "synthetic-gesture": (32, 32, 2), "nmnist": (34, 34, 2),
+               "dvsgesture": (128, 128, 2)}
+#: The generated datasets: their parameter dataclass (``data.synthetic`` overrides it) and generator.
+SYNTHETIC = {
+    "synthetic-nmnist": (SyntheticNMNISTConfig, generate_synthetic_nmnist),
+    "synthetic-gesture": (SyntheticGestureConfig, generate_synthetic_gesture),
+}
 
 
 class DataError(ValueError):
@@ -58,7 +67,7 @@ class DataConfig:
     download: bool = False  # let tonic download the real dataset when absent
     max_train: int = 0  # 0 = all; otherwise the first N (deterministic) training samples
     max_test: int = 0
-    synthetic: Dict[str, object] = field(default_factory=dict)  # SyntheticNMNISTConfig overrides
+    synthetic: Dict[str, object] = field(default_factory=dict)  # generator overrides (SyntheticNMNISTConfig, SyntheticGestureConfig)
 
     def __post_init__(self):
         if self.name not in DATASETS:
@@ -67,13 +76,23 @@ class DataConfig:
             raise DataError(f"data.n_time_bins must be >= 1, got {self.n_time_bins}")
         if not 0 < self.spatial_factor <= 1:
             raise DataError(f"data.spatial_factor must be in (0, 1], got {self.spatial_factor}")
-        known = {f.name for f in dataclasses.fields(SyntheticNMNISTConfig)}
-        unknown = set(self.synthetic) - known
-        if unknown:
-            raise DataError(f"data.synthetic: unknown field(s) {sorted(unknown)}; known: {sorted(known)}")
+        if self.synthetic and self.name not in SYNTHETIC:
+            raise DataError(f"data.synthetic: only the generated datasets ({', '.join(SYNTHETIC)}) take it, not {self.name!r}")
+        if self.name in SYNTHETIC:
+            known = {f.name for f in dataclasses.fields(SYNTHETIC[self.name][0])}
+            unknown = set(self.synthetic) - known
+            if unknown:
+                raise DataError(f"data.synthetic: unknown field(s) {sorted(unknown)} for {self.name}; known: {sorted(known)}")
+            try:
+                self.synthetic_config()
+            except (TypeError, ValueError) as exc:
+                raise DataError(f"data.synthetic: {exc}") from exc
 
-    def synthetic_config(self) -> SyntheticNMNISTConfig:
-        return SyntheticNMNISTConfig(**self.synthetic)
+    def synthetic_config(self):
+        """The generator's parameters (:class:`SyntheticNMNISTConfig` or :class:`SyntheticGestureConfig`)."""
+        if self.name not in SYNTHETIC:
+            raise DataError(f"{self.name!r} is not a generated dataset")
+        return SYNTHETIC[self.name][0](**self.synthetic)
 
     def frame_sensor_size(self) -> Tuple[int, int, int]:
         w, h, p = SENSOR_SIZE[self.name]
@@ -90,13 +109,15 @@ def cache_dir() -> Path:
     return Path(os.environ.get("SAST_DEPLOY_CACHE", Path.home() / ".cache" / "sast-deploy"))
 
 
-def load_synthetic_nmnist_events(cfg: SyntheticNMNISTConfig, progress: bool = True) -> Tuple[EventSplit, EventSplit]:
-    """Generate once and cache on disk, keyed by the generator's parameters."""
-    path = cache_dir() / f"synthetic-nmnist-{cfg.cache_key()}.npz"
+def load_synthetic_events(data: DataConfig, progress: bool = True) -> Tuple[EventSplit, EventSplit]:
+    """The events of a generated dataset: generated once and cached on disk, keyed by the
+    generator's parameters."""
+    cfg = data.synthetic_config()
+    path = cache_dir() / f"{data.name}-{cfg.cache_key()}.npz"
     if path.exists():
-        with np.load(path) as data:
-            return EventSplit.from_npz(data, "train"), EventSplit.from_npz(data, "test")
-    train, test = generate_synthetic_nmnist(cfg, progress=progress)
+        with np.load(path) as saved:
+            return EventSplit.from_npz(saved, "train"), EventSplit.from_npz(saved, "test")
+    train, test = SYNTHETIC[data.name][1](cfg, progress=progress)
     atomic_save_npz(path, **train.to_npz_dict("train"), **test.to_npz_dict("test"))
     return train, test
 
@@ -169,7 +190,7 @@ def _frames_cache_path(cfg: DataConfig, source_key: str) -> Path:
 
 def load_dataset(cfg: DataConfig, progress: bool = True) -> Tuple[FrameDataset, FrameDataset]:
     """Train and test splits as binary frames, cached on disk per (source, transform)."""
-    if cfg.name == "synthetic-nmnist":
+    if cfg.name in SYNTHETIC:
         source_key = cfg.synthetic_config().cache_key()
     else:
         root = _real_root(cfg)
@@ -182,8 +203,8 @@ def load_dataset(cfg: DataConfig, progress: bool = True) -> Tuple[FrameDataset, 
                 FrameDataset(d["test_frames"], d["test_labels"], d["test_sources"]),
             )
     splits = {}
-    if cfg.name == "synthetic-nmnist":
-        train_ev, test_ev = load_synthetic_nmnist_events(cfg.synthetic_config(), progress)
+    if cfg.name in SYNTHETIC:
+        train_ev, test_ev = load_synthetic_events(cfg, progress)
         for name, split, limit in (("train", train_ev, cfg.max_train), ("test", test_ev, cfg.max_test)):
             n = _limit(len(split), limit)
             frames = events_to_frames([split.sample(i) for i in range(n)], cfg, f"{name} frames", progress)

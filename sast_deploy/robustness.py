@@ -20,7 +20,7 @@ from typing import Dict, List, Sequence, Tuple
 import numpy as np
 import torch
 
-from .data import SENSOR_SIZE, DataConfig, events_to_frames, load_synthetic_nmnist_events, real_event_dataset
+from .data import SENSOR_SIZE, SYNTHETIC, DataConfig, events_to_frames, load_synthetic_events, real_event_dataset
 from .fileio import atomic_write_bytes, atomic_write_text
 from .quantize import emulate, quantize
 from .train import RunError, accuracy_pct, load_run
@@ -67,8 +67,8 @@ def corruption(name: str, severity: float, sensor_size, duration_s: float, seed:
 
 def split_events(cfg: DataConfig) -> Tuple[List[np.ndarray], torch.Tensor]:
     """The test split's event recordings and labels, in the order of the recipe's frames."""
-    if cfg.name == "synthetic-nmnist":
-        _, test = load_synthetic_nmnist_events(cfg.synthetic_config(), progress=False)
+    if cfg.name in SYNTHETIC:
+        _, test = load_synthetic_events(cfg, progress=False)
         n = len(test) if cfg.max_test <= 0 else min(len(test), cfg.max_test)
         return [test.sample(i) for i in range(n)], torch.from_numpy(test.labels[:n])
     ds = real_event_dataset(cfg, train=False)
