@@ -46,7 +46,7 @@ def main(argv=None) -> int:
         frames = load_dataset(recipe.data, progress=False)[1].frames[: args.samples].numpy()
     else:
         torch.manual_seed(0)
-        cfg = ModelConfig(hidden=(128,)) if args.random == "mlp" else ModelConfig(arch="conv", hidden=(), conv_channels=8)
+        cfg = ModelConfig(hidden=(128,)) if args.random == "mlp" else ModelConfig(arch="conv", hidden=(), conv_channels=8, conv_stride=2, pool=2)
         model = build_model(cfg, (2, 34, 34), 10)
         with torch.no_grad():
             for p in model.parameters():

@@ -45,7 +45,7 @@ def main(argv=None) -> int:
     else:
         torch.manual_seed(0)
         shape = (2, 34, 34)
-        cfg = ModelConfig(hidden=(128,)) if args.random == "mlp" else ModelConfig(arch="conv", hidden=(), conv_channels=8)
+        cfg = ModelConfig(hidden=(128,)) if args.random == "mlp" else ModelConfig(arch="conv", hidden=(), conv_channels=8, conv_stride=2, pool=2)
         model = build_model(cfg, shape, 10)
         with torch.no_grad():  # random weights strong enough to make every layer spike
             for p in model.parameters():

@@ -33,12 +33,17 @@ class ModelConfig:
     init_gain: float = 1.0  # multiplies PyTorch's default (Kaiming-uniform) weight init
     conv_channels: int = 16
     conv_kernel: int = 5
-    conv_stride: int = 2
-    pool: int = 2  # sum-pool window (and stride)
+    # Conv defaults are the net that trains in surrogate-forward mode (train/gesture.toml):
+    # a pooling LIF with a fixed weight saturates there, and a wide conv output feeding
+    # the readout makes it die under Adam, hence stride 4 and no pooling by default.
+    conv_stride: int = 4
+    pool: int = 0  # sum-pool window (and stride); 0 = no pooling layer
     pool_weight: float = 1.0  # fixed synaptic weight of the pooling layer
     v_th_scale: Tuple[float, ...] = ()  # per-layer threshold multipliers (post-hoc calibration); () = all 1
 
     def __post_init__(self):
+        if self.pool < 0:
+            raise ValueError(f"model.pool: the sum-pool window must be >= 0 (0 = none), got {self.pool}")
         if self.arch not in ARCHS:
             raise ValueError(f"model.arch: unknown architecture {self.arch!r}; known: {', '.join(ARCHS)}")
         object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
@@ -140,10 +145,13 @@ class SpikingNet(torch.nn.Module):
             p, hgt, wid = self.input_shape
             conv = torch.nn.Conv2d(p, c.conv_channels, c.conv_kernel, stride=c.conv_stride, bias=False)
             layers.append(SpikingLayer("conv", conv, lif()))
-            layers.append(SpikingLayer("pool", SumPool2d(c.pool, c.pool_weight), lif()))
+            if c.pool > 0:
+                layers.append(SpikingLayer("pool", SumPool2d(c.pool, c.pool_weight), lif()))
             with torch.no_grad():
                 probe = torch.zeros(1, p, hgt, wid)
-                width = int(np.prod(layers[1].synapse(conv(probe)).shape))
+                for layer in layers:
+                    probe = layer.synapse(probe)
+                width = int(np.prod(probe.shape))
             for h in c.hidden:
                 layers.append(SpikingLayer("dense", torch.nn.Linear(width, h, bias=False), lif()))
                 width = h

@@ -73,7 +73,7 @@ def test_lava_equals_emulator_through_netx_weight_traps(tmp_path):
 
 def _conv_model(beta):
     torch.manual_seed(0)
-    cfg = ModelConfig(arch="conv", hidden=(), conv_channels=3, conv_kernel=3, conv_stride=1, beta=beta, v_th=1.0)
+    cfg = ModelConfig(arch="conv", hidden=(), conv_channels=3, conv_kernel=3, conv_stride=1, pool=2, beta=beta, v_th=1.0)
     model = build_model(cfg, (2, 9, 8), 4)
     # an asymmetric kernel with asymmetric stride and padding: a flipped or transposed kernel
     # (lava-dl issue 260) changes the result. conv -> (3, 9, 4), pool 2 -> (3, 4, 2) = 24
@@ -94,6 +94,22 @@ def test_conv_net_lava_equals_emulator(tmp_path):
     sim = simulate_lava(path, frames, progress=False)
     emu = emulate_counts(read_netx(path), torch.from_numpy(frames)).numpy()
     np.testing.assert_array_equal(sim.counts, emu)
+    assert sim.counts.sum() > 0
+
+
+def test_conv_net_without_pooling_lava_equals_emulator(tmp_path):
+    # the default conv net (no pooling layer): conv -> dense -> dense readout
+    torch.manual_seed(2)
+    model = build_model(ModelConfig(arch="conv", hidden=(6,), conv_channels=3, conv_kernel=3, conv_stride=2, beta=0.5), (2, 9, 8), 4)
+    with torch.no_grad():
+        for layer in model.layers:
+            layer.synapse.weight.mul_(4.0)  # make every layer fire
+    qnet = quantize(model)
+    assert [q.kind for q in qnet.layers] == ["conv", "dense", "dense"]
+    path = write_netx(qnet, tmp_path / "conv.h5")
+    frames = _spikes(4, 6, 8, (2, 9, 8), 0.4)
+    sim = simulate_lava(path, frames, progress=False)
+    np.testing.assert_array_equal(sim.counts, emulate_counts(read_netx(path), torch.from_numpy(frames)).numpy())
     assert sim.counts.sum() > 0
 
 

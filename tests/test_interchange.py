@@ -22,7 +22,7 @@ def _test_frames(run, n=24):
 
 def _conv_net():
     torch.manual_seed(3)
-    model = build_model(ModelConfig(arch="conv", hidden=(), conv_channels=4, conv_kernel=3, conv_stride=2, beta=0.8), (2, 12, 12), 5)
+    model = build_model(ModelConfig(arch="conv", hidden=(), conv_channels=4, conv_kernel=3, conv_stride=2, pool=2, beta=0.8), (2, 12, 12), 5)
     with torch.no_grad():
         for p in model.parameters():
             p.mul_(5.0)

@@ -144,11 +144,13 @@ def test_cli_train_and_evaluate(tmp_path, capsys):
 
 def test_conv_net_trains_on_event_frames(tmp_path, small_data):
     _, data = small_data
-    recipe = _recipe(**{"model.arch": "conv", "model.hidden": "[]", "model.conv_channels": 4, "training.epochs": 1, "optimizer.name": "baseline"})
+    # the default conv net (conv stride 4 -> dense -> readout, no pooling layer); in
+    # surrogate-forward mode it sits near chance for the first epochs before it learns
+    recipe = _recipe(**{"model.arch": "conv", "model.hidden": "[16]", "model.conv_channels": 4, "training.epochs": 8, "optimizer.name": "baseline"})
     metrics = train(recipe, tmp_path, progress=False, data=data)
     model, _, _ = load_run(tmp_path)
-    assert [layer.kind for layer in model.layers] == ["conv", "pool", "dense"]
-    assert metrics["surrogate_accuracy"] > 15
+    assert [layer.kind for layer in model.layers] == ["conv", "dense", "dense"]
+    assert metrics["surrogate_accuracy"] > 25  # chance: 10
 
 
 def test_rerunning_a_finished_run_rewrites_its_outputs(tmp_path, small_data):
