@@ -151,16 +151,31 @@ def generate_recording(image8: np.ndarray, rng: np.random.Generator, cfg: Synthe
     frames = _render(ink, saccade_offsets(frame_t, cfg.saccade_ms), origin, cfg.sensor_px)
     log_i = np.log(cfg.background_intensity + frames)  # [F, S, S]
 
-    return dvs_pixel_events(log_i, frame_t, duration_us, rng, cfg)
+    return dvs_pixel_events(log_i, frame_t, duration_us, rng, DVSPixel.of(cfg))
 
 
-def dvs_pixel_events(log_i: np.ndarray, frame_t: np.ndarray, duration_us: int, rng: np.random.Generator, pixel) -> np.ndarray:
+@dataclass(frozen=True)
+class DVSPixel:
+    """Parameters of the DVS/ATIS pixel model (the fields of the same names in the
+    generators' configs). Times in us, thresholds in log-intensity units."""
+
+    render_step_us: int
+    contrast_threshold: float
+    threshold_mismatch: float
+    refractory_us: int
+    jitter_us: float
+    noise_rate_hz: float  # background events per pixel and polarity
+
+    @classmethod
+    def of(cls, config) -> "DVSPixel":
+        return cls(**{f.name: getattr(config, f.name) for f in dataclasses.fields(cls)})
+
+
+def dvs_pixel_events(log_i: np.ndarray, frame_t: np.ndarray, duration_us: int, rng: np.random.Generator, pixel: DVSPixel) -> np.ndarray:
     """The DVS/ATIS pixel model shared by the synthetic datasets: events sorted by t.
 
     ``log_i`` is the log intensity [frames, H, W] rendered at times ``frame_t`` (us, evenly
-    spaced by ``pixel.render_step_us``); ``pixel`` carries the calibrated pixel parameters
-    (``contrast_threshold``, ``threshold_mismatch``, ``refractory_us``, ``jitter_us``,
-    ``noise_rate_hz``). Each pixel emits an ON (OFF) event each time its log intensity rose
+    spaced by ``pixel.render_step_us``). Each pixel emits an ON (OFF) event each time its log intensity rose
     (fell) by its own contrast threshold since its last event, then Poisson background
     events and timestamp jitter are added; events jittered out of [0, duration_us] are dropped.
     """

@@ -32,7 +32,7 @@ from typing import Dict, Tuple
 
 import numpy as np
 
-from .synthetic import EventSplit, SyntheticNMNISTConfig, dvs_pixel_events, generate_parallel, pack_split
+from .synthetic import DVSPixel, EventSplit, SyntheticNMNISTConfig, dvs_pixel_events, generate_parallel, pack_split
 
 #: Class names and order of tonic's ``DVSGesture`` (image left/right: the subject's right
 #: arm appears on the image's left, as in the real recordings).
@@ -220,9 +220,7 @@ def generate_gesture_recording(label: int, subject: Subject, lighting: int, rng:
     sway = cfg.sway_px * np.sin(2 * np.pi * rng.uniform(0.1, 0.3, 2) * t_s[:, None] + rng.uniform(0, 2 * np.pi, 2))
     background = cfg.lighting_backgrounds[lighting]
     log_i = np.log(render_scene(hands, subject, sway, background, cfg))
-    pixel = dataclasses.replace(_PIXEL, render_step_us=cfg.render_step_us, contrast_threshold=cfg.contrast_threshold,
-                                threshold_mismatch=cfg.threshold_mismatch, refractory_us=cfg.refractory_us,
-                                jitter_us=cfg.jitter_us, noise_rate_hz=cfg.noise_rate_hz * cfg.lighting_noise_factor[lighting])
+    pixel = dataclasses.replace(DVSPixel.of(cfg), noise_rate_hz=cfg.noise_rate_hz * cfg.lighting_noise_factor[lighting])
     return dvs_pixel_events(log_i, frame_t, duration_us, rng, pixel)
 
 

@@ -5,7 +5,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-from sast_deploy.synthetic import SyntheticNMNISTConfig, dvs_pixel_events
+from sast_deploy.synthetic import DVSPixel, SyntheticNMNISTConfig, dvs_pixel_events
 from sast_deploy.synthetic_gesture import (
     GESTURE_CLASSES,
     SyntheticGestureConfig,
@@ -58,7 +58,7 @@ def test_uses_the_pixel_calibrated_on_the_real_recording():
     for name in ("contrast_threshold", "threshold_mismatch", "refractory_us", "jitter_us", "noise_rate_hz", "render_step_us"):
         assert getattr(gesture, name) == getattr(nmnist, name), name
     # a static scene emits only the Poisson background: 2 polarities x pixels x rate x duration
-    pixel = dataclasses.replace(nmnist, jitter_us=0.0)
+    pixel = dataclasses.replace(DVSPixel.of(nmnist), jitter_us=0.0)
     t = np.arange(0, 1_000_001, 1000, dtype=np.float64)
     ev = dvs_pixel_events(np.zeros((len(t), 32, 32)), t, 1_000_000, np.random.default_rng(0), pixel)
     expected = 2 * 32 * 32 * pixel.noise_rate_hz
