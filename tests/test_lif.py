@@ -73,9 +73,10 @@ def test_one_network_three_modes_same_weights():
     assert torch.equal(hard, ste)
     assert set(hard.unique().tolist()) <= {0.0, 1.0}
     assert not torch.equal(hard, sur)
-    conv = build_model(ModelConfig(arch="conv", hidden=(), conv_channels=4, conv_kernel=3, conv_stride=1), (2, 10, 10), 11)
-    assert [layer.kind for layer in conv.layers] == ["conv", "pool", "dense"]
-    assert conv((torch.rand(4, 2, 2, 10, 10) < 0.3).float(), mode="hard").shape == (4, 2, 11)
+    for pool, kinds in ((0, ["conv", "dense"]), (2, ["conv", "pool", "dense"])):  # default: no pooling layer
+        conv = build_model(ModelConfig(arch="conv", hidden=(), conv_channels=4, conv_kernel=3, conv_stride=1, pool=pool), (2, 10, 10), 11)
+        assert [layer.kind for layer in conv.layers] == kinds
+        assert conv((torch.rand(4, 2, 2, 10, 10) < 0.3).float(), mode="hard").shape == (4, 2, 11)
 
 
 def test_prediction_breaks_ties_by_lowest_class_index():
