@@ -309,7 +309,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("study", help="run a transfer-gap study (methods x seeds; resumable)")
-    p.add_argument("study", help="study TOML (or the name of one in train/, e.g. study-nmnist)")
+    p.add_argument("study", help="study TOML (or the name of one in train/, e.g. study-nmnist or study-gesture)")
     p.add_argument("--out", required=True)
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_study)
