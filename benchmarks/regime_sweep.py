@@ -14,7 +14,8 @@ The surrogate-family sweep (README, "What the studies found")::
     python benchmarks/regime_sweep.py --base train/demo-arctan.toml --out runs/sweep-family --grid \
         --vary model.surrogate=hardsigmoid,sigmoid,arctan --vary model.alpha=0.5,1,2 \
         --method baseline=optimizer.name=baseline --method sast-rho0.1=optimizer.name=sast,optimizer.rho=0.1 \
-        --method sast-rho0.3=optimizer.name=sast,optimizer.rho=0.3 --method sast-rho0.5=optimizer.name=sast,optimizer.rho=0.5
+        --method sast-rho0.3=optimizer.name=sast,optimizer.rho=0.3 --method sast-rho0.5=optimizer.name=sast,optimizer.rho=0.5 \
+        --figure runs/sweep-family/gap_vs_rho_by_family.png        # add --shard 0/2 and 1/2 to run two processes
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import sys
 from pathlib import Path
 
 from sast_deploy.config import apply_overrides, recipe_from_dict, tomllib
+from sast_deploy.report import family_figure
 from sast_deploy.train import train
 
 
@@ -42,6 +44,7 @@ def main(argv=None) -> int:
     ap.add_argument("--grid", action="store_true", help="vary all keys jointly instead of one at a time")
     ap.add_argument("--shard", default="0/1", help="K/N: train only every N-th run from the K-th (parallel sweeps "
                     "into one --out); finished runs of other shards are still listed")
+    ap.add_argument("--figure", help="PNG: transfer gap vs rho, one line per surrogate family and alpha (baseline dashed)")
     args = ap.parse_args(argv)
 
     base_raw = apply_overrides(tomllib.loads(Path(args.base).read_text()), args.set)
@@ -57,11 +60,12 @@ def main(argv=None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     shard, n_shards = (int(v) for v in args.shard.split("/"))
-    rows, index = [], -1
+    rows, index, points = [], -1, {}
     for variant in variants:
         for opt, method_sets in methods.items():
             for seed in args.seeds.split(","):
                 sets = [f"{k}={x}" for k, x in variant] + method_sets + [f"training.seed={seed}"]
+                recipe = recipe_from_dict(apply_overrides(base_raw, sets), source=args.base)
                 tag = "base" if not variant else ",".join(f"{k.split('.')[-1]}={x}" for k, x in variant)
                 run_dir = out / f"{tag}__{opt}__s{seed}".replace("/", "_")
                 metrics_path = run_dir / "metrics.json"
@@ -71,16 +75,21 @@ def main(argv=None) -> int:
                 elif index % n_shards != shard:
                     continue
                 else:
-                    recipe = recipe_from_dict(apply_overrides(base_raw, sets), source=args.base)
                     m = train(recipe, run_dir, progress=False)
                 row = {"variant": tag, "method": opt, "seed": int(seed),
                        **{k: m[k] for k in ("surrogate_accuracy", "hard_accuracy", "transfer_gap_pp", "train_seconds")}}
                 rows.append(row)
                 print(json.dumps(row), flush=True)
+                if recipe.optimizer.name in ("sast", "baseline"):
+                    family = f"{recipe.model.surrogate} α={recipe.model.alpha:g}"
+                    rho = recipe.optimizer.rho if recipe.optimizer.name == "sast" else 0.0
+                    points.setdefault(family, {}).setdefault(rho, []).append(m["transfer_gap_pp"])
     print("\n| variant | method | seed | surrogate % | hard % | gap pp |\n|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['variant']} | {r['method']} | {r['seed']} | {r['surrogate_accuracy']:.2f} | "
               f"{r['hard_accuracy']:.2f} | {r['transfer_gap_pp']:+.2f} |")
+    if args.figure:
+        print(f"wrote {family_figure(points, Path(args.figure), f'Transfer gap vs ρ per surrogate family ({args.base})')}")
     return 0
 
 
