@@ -25,12 +25,13 @@ except ModuleNotFoundError:  # Python 3.10, the version Lava requires
     import tomli as tomllib
 
 from .data import DataConfig
+from .errors import SastDeployError
 from .model import ModelConfig
 
 OPTIMIZERS = ("sast", "sam", "baseline", "ste")
 
 
-class RecipeError(ValueError):
+class RecipeError(SastDeployError, ValueError):
     """A recipe is malformed; the message names the file and the field."""
 
 

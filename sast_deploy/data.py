@@ -25,6 +25,7 @@ from typing import Dict, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
+from .errors import SastDeployError
 from .fileio import atomic_save_npz
 from .synthetic import EventSplit, SyntheticNMNISTConfig, generate_synthetic_nmnist
 from .synthetic_gesture import SyntheticGestureConfig, generate_synthetic_gesture
@@ -40,7 +41,7 @@ SYNTHETIC = {
 }
 
 
-class DataError(ValueError):
+class DataError(SastDeployError, ValueError):
     """A dataset could not be found or read; the message names the path or field."""
 
 

@@ -24,6 +24,7 @@ from typing import Dict
 import h5py
 import numpy as np
 
+from .errors import SastDeployError
 from .fileio import atomic_write_bytes
 from .quantize import QuantizedNet
 
@@ -80,7 +81,7 @@ def write_netx(qnet: QuantizedNet, path: str | Path, metadata: Dict[str, object]
     return path
 
 
-class NetxFormatError(ValueError):
+class NetxFormatError(SastDeployError, ValueError):
     """An HDF5 network is missing a field or holds a malformed one; names file and field."""
 
 

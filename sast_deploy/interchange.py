@@ -21,13 +21,14 @@ from typing import Dict, List, Tuple
 
 import numpy as np
 
+from .errors import SastDeployError
 from .fileio import atomic_write_bytes
 from .model import SpikingNet
 from .quantize import QuantizedNet, netx_dense_weights
 from .functional.lif import LOIHI_ACT_SHIFT, LOIHI_DECAY_UNITY, LOIHI_STATE_BITS
 
 
-class InterchangeError(ValueError):
+class InterchangeError(SastDeployError, ValueError):
     """The network cannot be written in the requested format; names the layer and field."""
 
 

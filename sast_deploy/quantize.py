@@ -26,12 +26,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .errors import SastDeployError
 from .functional.lif import LOIHI_STATE_BITS, decay_to_fixed_point, lif_step_fixed_point
 from .model import SpikingNet
 
 
 
-class QuantizationError(ValueError):
+class QuantizationError(SastDeployError, ValueError):
     """The network cannot be represented on the target; the message names the layer and field."""
 
 

@@ -19,10 +19,12 @@ from typing import Optional
 
 import numpy as np
 
+from .errors import SastDeployError
 from .export import read_netx
+from .lava_runtime import lava_runtime
 
 
-class SimulationError(ValueError):
+class SimulationError(SastDeployError, ValueError):
     """The simulation cannot run as asked; the message names the file or value."""
 
 
@@ -139,7 +141,8 @@ def _simulate_graph(
     The graph is built and compiled once; the runtime then steps through the samples in up
     to ``chunks`` consecutive ``run()`` calls (whole samples each, so the progress bar moves;
     state carries over between calls exactly as within one call). The runtime is always
-    stopped, also on errors and Ctrl-C. ``hardware`` defaults to ``hardware/lava-sim.toml``.
+    stopped, its workers reaped and its shared memory released: on errors, SIGINT and SIGTERM
+    (:func:`sast_deploy.lava_runtime.lava_runtime`). ``hardware`` defaults to ``hardware/lava-sim.toml``.
     """
     hardware = hardware or SimulatorConfig.load()
     chunks = chunks or hardware.chunks
@@ -168,9 +171,8 @@ def _simulate_graph(
     net.out.connect(sink.a_in)
     run_cfg = Loihi2SimCfg(select_tag=hardware.select_tag)
     per_chunk = max(1, -(-n // max(1, chunks)))
-    try:
-        t0 = time.perf_counter()
-        net.create_runtime(run_cfg=run_cfg)
+    t0 = time.perf_counter()
+    with lava_runtime(net, run_cfg):
         compile_s = time.perf_counter() - t0
         t0 = time.perf_counter()
         with tqdm(total=n * samples_per_window, desc="lava simulator", disable=not progress, unit="sample") as bar:
@@ -182,8 +184,6 @@ def _simulate_graph(
                 bar.update(k * samples_per_window)
         seconds = time.perf_counter() - t0
         out = np.asarray(sink.data.get())
-    finally:
-        net.stop()
     counts = out.reshape(-1, n, r).sum(axis=2).T.astype(np.int64)  # [N, classes]
     return SimulationResult(counts=counts, seconds=seconds, compile_seconds=compile_s, timesteps=n * r,
                             samples=n * samples_per_window)

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from .config import Recipe, recipe_from_dict
+from .errors import SastDeployError
 from .fileio import atomic_torch_save, atomic_write_text
 from .data import N_CLASSES, FrameDataset, load_dataset
 from .model import ModelConfig, SpikingNet, build_model, predict, spike_counts
@@ -33,7 +34,7 @@ from .optim import SAST
 Batch = Tuple[torch.Tensor, torch.Tensor]
 
 
-class RunError(ValueError):
+class RunError(SastDeployError, ValueError):
     """A run directory is missing or inconsistent; the message names the file."""
 
 
