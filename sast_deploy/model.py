@@ -17,10 +17,12 @@ import torch.nn.functional as F
 from norse.torch.module.snn import SNN
 
 from .functional.lif import SPIKE_MODES, LIFState, lif_parameters, lif_step
+from .validation import file_data
 
 ARCHS = ("mlp", "conv")
 
 
+@file_data
 @dataclass(frozen=True)
 class ModelConfig:
     """The model section of a recipe. ``beta`` is the membrane decay per time bin."""

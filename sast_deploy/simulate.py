@@ -22,6 +22,7 @@ import numpy as np
 from .errors import SastDeployError
 from .export import read_netx
 from .lava_runtime import lava_runtime
+from .validation import file_data, validated
 
 
 class SimulationError(SastDeployError, ValueError):
@@ -31,6 +32,7 @@ class SimulationError(SastDeployError, ValueError):
 HARDWARE_DIR = Path(__file__).resolve().parent.parent / "hardware"
 
 
+@file_data
 @dataclass(frozen=True)
 class SimulatorConfig:
     """A run config in ``hardware/`` (default ``hardware/lava-sim.toml``)."""
@@ -39,26 +41,21 @@ class SimulatorConfig:
     select_tag: str = "fixed_pt"
     chunks: int = 20
 
+    def __post_init__(self):
+        if self.select_tag not in ("fixed_pt", "floating_pt"):
+            raise SimulationError(f"select_tag must be fixed_pt or floating_pt, got {self.select_tag!r}")
+        if self.chunks < 1:
+            raise SimulationError(f"chunks must be >= 1, got {self.chunks}")
+
     @classmethod
     def load(cls, path: Optional[str | Path] = None) -> "SimulatorConfig":
-        import dataclasses
-
         from .config import RecipeError, read_toml
 
         default = HARDWARE_DIR / "lava-sim.toml"
         path = Path(path) if path else default
         if path == default and not path.is_file():
             return cls()
-        raw = read_toml(path, "hardware config")
-        bad = set(raw) - {f.name for f in dataclasses.fields(cls)}
-        if bad:
-            raise RecipeError(f"{path}: unknown key(s) {sorted(bad)}")
-        cfg = cls(**raw)
-        if cfg.select_tag not in ("fixed_pt", "floating_pt"):
-            raise RecipeError(f"{path}: select_tag must be fixed_pt or floating_pt, got {cfg.select_tag!r}")
-        if cfg.chunks < 1:
-            raise RecipeError(f"{path}: chunks must be >= 1, got {cfg.chunks}")
-        return cfg
+        return validated(cls, read_toml(path, "hardware config"), str(path), RecipeError)
 
 
 @dataclass
