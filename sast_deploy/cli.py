@@ -22,7 +22,7 @@ from typing import List, Optional
 
 import numpy as np
 
-from .errors import EXIT_BAD_INPUT, EXIT_SIGINT, EXIT_SIGTERM, SastDeployError, Terminated
+from .errors import EXIT_BAD_INPUT, EXIT_SIGINT, EXIT_SIGTERM, SastDeployError, Terminated, one_line
 from .quantize import QuantizationError
 from .signals import terminate_raises
 
@@ -370,10 +370,6 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 
 EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what a shell reports for a writer whose reader closed
-
-
-def one_line(message: str) -> str:
-    return "; ".join(part.strip() for part in message.splitlines() if part.strip())
 
 
 def _fail(prefix: str, message: str, code: int) -> int:

@@ -20,3 +20,13 @@ class Terminated(BaseException):
     """SIGTERM arrived. Raised in the main thread (like KeyboardInterrupt for SIGINT), so that
     ``finally`` blocks stop Lava runtimes and release locks; a BaseException so that no
     ``except Exception`` swallows it."""
+
+
+class RunError(SastDeployError, ValueError):
+    """A run directory or one of its files is missing, unreadable or inconsistent; the message
+    names the file (and the field)."""
+
+
+def one_line(message: object) -> str:
+    """A message on one line (the CLI prints every error on one)."""
+    return "; ".join(part.strip() for part in str(message).splitlines() if part.strip())
