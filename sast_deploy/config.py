@@ -32,6 +32,7 @@ from .model import ModelConfig
 from .validation import file_data, validated
 
 OPTIMIZERS = ("sast", "sam", "baseline", "ste")
+FLOAT32_MAX = 3.4028234663852886e38  # torch trains in float32: larger settings overflow in the optimizer
 
 
 class RecipeError(SastDeployError, ValueError):
@@ -55,10 +56,10 @@ class OptimConfig:
     def __post_init__(self):
         if self.name not in OPTIMIZERS:
             raise ValueError(f"optimizer.name: unknown optimizer {self.name!r}; known: {', '.join(OPTIMIZERS)}")
-        if self.lr <= 0:
-            raise ValueError(f"optimizer.lr must be > 0, got {self.lr}")
-        if self.rho < 0:
-            raise ValueError(f"optimizer.rho must be >= 0, got {self.rho}")
+        if not 0 < self.lr <= FLOAT32_MAX:
+            raise ValueError(f"optimizer.lr must be > 0 and a float32 (<= {FLOAT32_MAX:.3g}), got {self.lr}")
+        if not 0 <= self.rho <= FLOAT32_MAX:
+            raise ValueError(f"optimizer.rho must be >= 0 and a float32 (<= {FLOAT32_MAX:.3g}), got {self.rho}")
         if self.perturb_every < 1:
             raise ValueError(f"optimizer.perturb_every must be >= 1, got {self.perturb_every}")
 
@@ -85,6 +86,8 @@ class TrainConfig:
     def __post_init__(self):
         if self.epochs < 1:
             raise ValueError(f"training.epochs must be >= 1, got {self.epochs}")
+        if not abs(self.loss_scale) <= FLOAT32_MAX:
+            raise ValueError(f"training.loss_scale must be a float32 (|x| <= {FLOAT32_MAX:.3g}), got {self.loss_scale}")
         if self.batch_size < 1:
             raise ValueError(f"training.batch_size must be >= 1, got {self.batch_size}")
         if self.device not in ("cpu", "cuda", "auto"):

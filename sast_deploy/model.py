@@ -190,6 +190,11 @@ def build_model(config: ModelConfig, input_shape: Sequence[int], n_classes: int)
     return SpikingNet(config, input_shape, n_classes)
 
 
+def non_finite_parameters(model: torch.nn.Module) -> List[str]:
+    """Names of the parameters that hold NaN or inf (an exported network must have none)."""
+    return [name for name, p in model.named_parameters() if not bool(torch.isfinite(p).all())]
+
+
 def spike_counts(output_spikes: torch.Tensor) -> torch.Tensor:
     """Readout: spikes summed over time [T, B, C] -> [B, C] (summed sigma in surrogate mode)."""
     return output_spikes.sum(0)

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 from .errors import SastDeployError
 from .functional.lif import LOIHI_STATE_BITS, decay_to_fixed_point, lif_step_fixed_point
-from .model import SpikingNet
+from .model import SpikingNet, non_finite_parameters
 from .validation import file_data, validated
 
 
@@ -136,6 +136,9 @@ def _quantize_weights(w: np.ndarray, v_th: float, spec: Loihi2Spec, layer: str) 
 
 def quantize(model: SpikingNet, spec: Loihi2Spec = Loihi2Spec()) -> QuantizedNet:
     """Map every layer of a trained network to Loihi 2 fixed point."""
+    bad = non_finite_parameters(model)
+    if bad:
+        raise QuantizationError(f"non-finite weights in {', '.join(bad)}: a diverged network cannot be exported")
     layers: List[QuantizedLayer] = []
     shape: Tuple[int, ...] = model.input_shape
     for i, layer in enumerate(model.layers):

@@ -14,6 +14,7 @@ exactly as an uninterrupted one.
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from dataclasses import asdict
@@ -28,7 +29,7 @@ from .config import Recipe, RecipeError, canonical, recipe_from_dict
 from .errors import RunError, one_line
 from .fileio import atomic_torch_save, atomic_write_text
 from .data import N_CLASSES, FrameDataset, load_dataset
-from .model import SpikingNet, build_model, predict, spike_counts
+from .model import SpikingNet, build_model, non_finite_parameters, predict, spike_counts
 from .optim import SAST
 from .runfiles import read_checkpoint, read_model_file
 
@@ -153,6 +154,21 @@ def evaluate(model: SpikingNet, data: FrameDataset, modes: Sequence[str] = ("sur
     return result
 
 
+# --- the NaN/inf guard ------------------------------------------------------------------
+
+
+def check_finite(loss: float, net: SpikingNet, epoch: int, step: int, ckpt_path: Path) -> None:
+    """Stop training at the first non-finite loss or weight (0-based ``epoch`` and ``step``).
+    Nothing of the diverged epoch is saved: the checkpoint keeps the last good epoch and no
+    model.pt is written."""
+    bad = [] if math.isfinite(loss) else [f"loss {loss}"]
+    bad += [f"weights {name}" for name in non_finite_parameters(net)]
+    if bad:
+        kept = f"{ckpt_path} keeps the last good epoch" if ckpt_path.exists() else "no epoch finished, nothing was saved"
+        raise RunError(f"training diverged at epoch {epoch + 1}, step {step + 1}: non-finite {', '.join(bad)}; "
+                       f"{kept}, no model.pt written (lower optimizer.lr or training.loss_scale)")
+
+
 # --- the loop --------------------------------------------------------------------------
 
 
@@ -242,6 +258,7 @@ def train(
                 losses.append(sast_fn(model, opt, batch, batch_prime, mode, t.loss_scale))
             else:
                 losses.append(plain_step(model, opt, batch, mode, t.loss_scale))
+            check_finite(losses[-1], net, epoch, step, ckpt_path)
         train_seconds += time.perf_counter() - t0
         row = {"epoch": epoch + 1, "train_loss": sum(losses) / len(losses), "train_seconds": train_seconds}
         row.update(evaluate(net, test_set, ("surrogate", "hard"), t.eval_batch_size))
