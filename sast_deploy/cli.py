@@ -52,8 +52,6 @@ def cmd_train(args) -> int:
 
 def _is_rank_zero() -> bool:
     """Under torchrun only rank 0 prints results (every rank computes them)."""
-    import os
-
     return int(os.environ.get("RANK", "0")) == 0
 
 

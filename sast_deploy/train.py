@@ -13,6 +13,7 @@ exactly as an uninterrupted one.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -28,6 +29,7 @@ import torch.nn.functional as F
 from .config import Recipe, RecipeError, canonical, recipe_from_dict
 from .errors import RunError, one_line
 from .fileio import atomic_torch_save, atomic_write_text
+from .lock import run_lock
 from .data import N_CLASSES, FrameDataset, load_dataset
 from .model import SpikingNet, build_model, non_finite_parameters, predict, spike_counts
 from .optim import SAST
@@ -208,11 +210,22 @@ def train(
     data: Optional[Tuple[FrameDataset, FrameDataset]] = None,
     log: Callable[[str], None] = print,
 ) -> Dict[str, object]:
-    """Train a recipe into ``out_dir``; returns the metrics written to metrics.json."""
+    """Train a recipe into ``out_dir``; returns the metrics written to metrics.json. The run
+    directory is locked while training (see :mod:`sast_deploy.lock`; rank 0 holds it)."""
+    out_dir = Path(out_dir)
+    with run_lock(out_dir, "train") if is_rank_zero() else contextlib.nullcontext():
+        return _train(recipe, out_dir, progress, resume, data, log)
+
+
+def is_rank_zero() -> bool:
+    """Rank 0 under torchrun (RANK), or a single process."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def _train(recipe: Recipe, out_dir: Path, progress: bool, resume: bool,
+           data: Optional[Tuple[FrameDataset, FrameDataset]], log: Callable[[str], None]) -> Dict[str, object]:
     from tqdm import tqdm
 
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     t = recipe.training
     device = resolve_device(t.device)
     train_set, test_set = data if data is not None else load_dataset(recipe.data, progress=progress)

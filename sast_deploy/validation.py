@@ -42,9 +42,20 @@ UNKNOWN = ("unexpected_keyword_argument", "extra_forbidden")
 MISSING = ("missing", "missing_argument", "missing_keyword_argument")
 
 
+#: Files sast-deploy wrote itself and reads back (compare.json, metrics): the fields a reader
+#: needs are checked, others may come and go between versions, and NaN is a valid accuracy
+#: of an empty split.
+OUTPUT_DATA = ConfigDict(strict=True, extra="ignore", allow_inf_nan=True)
+
+
 def file_data(cls: Type[T]) -> Type[T]:
     """Mark a dataclass as a file schema: strict types, no unknown keys, finite numbers."""
     return with_config(FILE_DATA)(cls)
+
+
+def output_data(cls: Type[T]) -> Type[T]:
+    """Mark a dataclass as the schema of a file sast-deploy writes (:data:`OUTPUT_DATA`)."""
+    return with_config(OUTPUT_DATA)(cls)
 
 
 @functools.lru_cache(maxsize=None)
