@@ -350,7 +350,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     prefix = f"sast-deploy {args.command}"
     try:
         with terminate_raises():
-            return args.func(args)
+            code = args.func(args)
+            sys.stdout.flush()  # a closed pipe shows here, not in Python's flush at exit
+            return code
     except SastDeployError as exc:
         return _fail(prefix, one_line(str(exc)), EXIT_BAD_INPUT)
     except BrokenPipeError:
