@@ -1,12 +1,20 @@
 """Where does the transfer gap appear? A one-factor-at-a-time sweep around a base recipe.
 
 Each ``--vary key=v1,v2,...`` trains the base recipe with that one field changed, for every
-optimizer in ``--optimizers`` and every seed; ``--grid`` instead varies all keys jointly.
+optimizer in ``--optimizers`` (or every ``--method``) and every seed; ``--grid`` instead
+varies all keys jointly.
 Finished runs are skipped (metrics.json exists), so an interrupted sweep resumes. Prints a
-markdown table of surrogate accuracy, hard accuracy and transfer gap per run.
+JSON line per run and a markdown table of surrogate accuracy, hard accuracy and transfer gap per run.
 
     python benchmarks/regime_sweep.py --base train/quick.toml --out runs/sweep \\
         --vary model.alpha=0.25,0.5,1,2 --vary data.n_time_bins=10,30 --optimizers baseline,sast
+
+The surrogate-family sweep (README, "What the studies found")::
+
+    python benchmarks/regime_sweep.py --base train/demo.toml --out runs/sweep-family --grid \
+        --vary model.surrogate=arctan,sigmoid,hardsigmoid --vary model.alpha=0.5,1,2 \
+        --method baseline=optimizer.name=baseline --method sast-rho0.1=optimizer.name=sast,optimizer.rho=0.1 \
+        --method sast-rho0.3=optimizer.name=sast,optimizer.rho=0.3 --method sast-rho0.5=optimizer.name=sast,optimizer.rho=0.5
 """
 
 from __future__ import annotations
@@ -24,12 +32,16 @@ from sast_deploy.train import train
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--base", required=True, help="base recipe (TOML)")
-    ap.add_argument("--out", required=True, help="directory for the runs and sweep.jsonl")
+    ap.add_argument("--out", required=True, help="directory for the runs")
     ap.add_argument("--vary", action="append", default=[], help="key=v1,v2,... (TOML literals)")
     ap.add_argument("--set", action="append", default=[], help="override applied to every run")
-    ap.add_argument("--optimizers", default="baseline,sast")
+    ap.add_argument("--optimizers", default="baseline,sast", help="optimizer names (ignored when --method is given)")
+    ap.add_argument("--method", action="append", default=[],
+                    help="NAME=key=value,key=value: a named set of overrides (e.g. sast-rho0.3=optimizer.name=sast,optimizer.rho=0.3)")
     ap.add_argument("--seeds", default="0")
     ap.add_argument("--grid", action="store_true", help="vary all keys jointly instead of one at a time")
+    ap.add_argument("--shard", default="0/1", help="K/N: train only every N-th run from the K-th (parallel sweeps "
+                    "into one --out); finished runs of other shards are still listed")
     args = ap.parse_args(argv)
 
     base_raw = apply_overrides(tomllib.loads(Path(args.base).read_text()), args.set)
@@ -41,31 +53,41 @@ def main(argv=None) -> int:
         variants = [list(c) for c in itertools.product(*axes)] if axes else [[]]
     else:
         variants = [[]] + [[kv] for axis in axes for kv in axis]
+    methods = dict(_method(m) for m in args.method) or {o: [f"optimizer.name={o}"] for o in args.optimizers.split(",")}
     out = Path(args.out)
-    rows = []
+    out.mkdir(parents=True, exist_ok=True)
+    shard, n_shards = (int(v) for v in args.shard.split("/"))
+    rows, index = [], -1
     for variant in variants:
-        for opt in args.optimizers.split(","):
+        for opt, method_sets in methods.items():
             for seed in args.seeds.split(","):
-                sets = [f"{k}={x}" for k, x in variant] + [f"optimizer.name={opt}", f"training.seed={seed}"]
+                sets = [f"{k}={x}" for k, x in variant] + method_sets + [f"training.seed={seed}"]
                 tag = "base" if not variant else ",".join(f"{k.split('.')[-1]}={x}" for k, x in variant)
                 run_dir = out / f"{tag}__{opt}__s{seed}".replace("/", "_")
                 metrics_path = run_dir / "metrics.json"
+                index += 1
                 if metrics_path.exists():
                     m = json.loads(metrics_path.read_text())
+                elif index % n_shards != shard:
+                    continue
                 else:
                     recipe = recipe_from_dict(apply_overrides(base_raw, sets), source=args.base)
                     m = train(recipe, run_dir, progress=False)
-                row = {"variant": tag, "optimizer": opt, "seed": int(seed),
+                row = {"variant": tag, "method": opt, "seed": int(seed),
                        **{k: m[k] for k in ("surrogate_accuracy", "hard_accuracy", "transfer_gap_pp", "train_seconds")}}
                 rows.append(row)
                 print(json.dumps(row), flush=True)
-                with open(out / "sweep.jsonl", "a") as f:
-                    f.write(json.dumps(row) + "\n")
-    print("\n| variant | optimizer | seed | surrogate % | hard % | gap pp |\n|---|---|---|---|---|---|")
+    print("\n| variant | method | seed | surrogate % | hard % | gap pp |\n|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['variant']} | {r['optimizer']} | {r['seed']} | {r['surrogate_accuracy']:.2f} | "
+        print(f"| {r['variant']} | {r['method']} | {r['seed']} | {r['surrogate_accuracy']:.2f} | "
               f"{r['hard_accuracy']:.2f} | {r['transfer_gap_pp']:+.2f} |")
     return 0
+
+
+def _method(spec: str):
+    """'NAME=k=v,k=v' -> (NAME, ['k=v', 'k=v'])."""
+    name, _, sets = spec.partition("=")
+    return name.strip(), _split(sets)
 
 
 def _split(values: str):

@@ -2,16 +2,21 @@
 
 Per layer, a threshold multiplier is searched on a calibration split carved from the
 *training* data (whole source images, never the test split) to maximise hard-spike
-accuracy; coordinate ascent over the layers, a few passes. The result is a new run whose
-model config carries the multipliers (``model.v_th_scale``), so evaluation, export and
-every backend use the calibrated thresholds.
+accuracy; coordinate ascent over the layers, a few passes. Multipliers live on a log grid
+(steps of 2^(1/4)) that starts at 1/16..4 and grows by octaves in a direction for as long as
+the best multiplier sits on that edge of it, up to 2^-16..2^8: a hard network that is silent
+needs thresholds far below 1, and a search that stops at its own edge is no control. The
+output records the grid searched and whether the best multiplier ended on its outer limit.
+The result is a new run whose model config carries the multipliers (``model.v_th_scale``),
+so evaluation, export and every backend use the calibrated thresholds.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Dict, Sequence, Tuple
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Sequence, Tuple
 
 import numpy as np
 
@@ -20,7 +25,49 @@ from .lock import run_lock
 from .model import SpikingNet, build_model
 from .train import evaluate, load_run, save_run
 
-DEFAULT_GRID = tuple(np.round(np.arange(0.2, 1.51, 0.1), 2))
+STEPS_PER_OCTAVE = 4  # multipliers 2^(k/4): 19 % apart
+START_OCTAVES = (-4, 2)  # the first grid: 1/16 .. 4
+LIMIT_OCTAVES = (-16, 8)  # the grid grows to at most 2^-16 .. 2^8
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """The result of a threshold search: per-layer multipliers, the calibration accuracy (%),
+    the multipliers' range searched per layer, and per layer whether the best multiplier
+    lies on the outer limit of the search (where a wider search might do better)."""
+
+    scales: Tuple[float, ...]
+    accuracy: float
+    searched: Tuple[Tuple[float, float], ...]
+    bound_hit: Tuple[bool, ...]
+
+
+def _octave_grid(lo: int, hi: int) -> List[float]:
+    return [2.0 ** (k / STEPS_PER_OCTAVE) for k in range(lo * STEPS_PER_OCTAVE, hi * STEPS_PER_OCTAVE + 1)]
+
+
+def search_log_scale(accuracy_at: Callable[[float], float], start: float, best: float) -> Tuple[float, float, Tuple[float, float], bool]:
+    """Maximise ``accuracy_at`` over the growing log grid. The current multiplier ``start``
+    (accuracy ``best``) is kept unless another is strictly better; candidates closest to 1 are
+    tried first, so ties go to the smallest change. The grid grows by two octaves on a side
+    while its edge there scores at least the best so far (a plateau, such as a silent network's
+    chance accuracy, is no sign of an optimum). Returns (multiplier, accuracy, (lowest, highest)
+    multiplier searched, whether the best lies on the outer limit)."""
+    lo, hi = START_OCTAVES
+    tried: Dict[float, float] = {}
+    choice = start
+    while True:
+        for s in sorted(_octave_grid(lo, hi), key=lambda g: abs(np.log2(g))):
+            if s not in tried:
+                tried[s] = accuracy_at(s)
+                if tried[s] > best:
+                    best, choice = tried[s], s
+        grow_lo = lo > LIMIT_OCTAVES[0] and tried[2.0 ** lo] >= best
+        grow_hi = hi < LIMIT_OCTAVES[1] and tried[2.0 ** hi] >= best
+        if not (grow_lo or grow_hi):
+            bound = choice in (2.0 ** LIMIT_OCTAVES[0], 2.0 ** LIMIT_OCTAVES[1])
+            return choice, best, (min(tried), max(tried)), bound
+        lo, hi = lo - 2 * grow_lo, hi + 2 * grow_hi
 
 
 def calibration_split(train: FrameDataset, fraction: float = 0.1, seed: int = 0) -> FrameDataset:
@@ -41,21 +88,22 @@ def _with_scales(model: SpikingNet, scales: Sequence[float]) -> SpikingNet:
     return out.eval()
 
 
-def calibrate_thresholds(model: SpikingNet, calib: FrameDataset, grid: Sequence[float] = DEFAULT_GRID,
-                         passes: int = 2) -> Tuple[Tuple[float, ...], float]:
-    """Per-layer threshold multipliers maximising hard accuracy on ``calib`` (ties: the
-    multiplier closest to 1). Returns (multipliers, calibration accuracy in percent)."""
+def calibrate_thresholds(model: SpikingNet, calib: FrameDataset, passes: int = 2) -> Calibration:
+    """Per-layer threshold multipliers maximising hard accuracy on ``calib``, coordinate
+    ascent over the layers (:func:`search_log_scale` per layer)."""
     scales = list(model.config.v_th_scale or [1.0] * len(model.layers))
     best = evaluate(_with_scales(model, scales), calib, ("hard",))["hard_accuracy"]
+    searched = [(s, s) for s in scales]
+    bound_hit = [False] * len(scales)
     for _ in range(passes):
         for i in range(len(scales)):
-            for s in sorted(grid, key=lambda g: abs(g - 1.0)):
-                trial = scales.copy()
-                trial[i] = float(s)
-                acc = evaluate(_with_scales(model, trial), calib, ("hard",))["hard_accuracy"]
-                if acc > best:
-                    best, scales = acc, trial
-    return tuple(scales), best
+            def accuracy_at(s: float, i: int = i) -> float:
+                trial = scales[:i] + [s] + scales[i + 1:]
+                return evaluate(_with_scales(model, trial), calib, ("hard",))["hard_accuracy"]
+
+            scales[i], best, (lo, hi), bound_hit[i] = search_log_scale(accuracy_at, scales[i], best)
+            searched[i] = (min(lo, searched[i][0]), max(hi, searched[i][1]))
+    return Calibration(tuple(scales), best, tuple(searched), tuple(bound_hit))
 
 
 def calibrate_run(run_dir: str | Path, out_dir: str | Path, fraction: float = 0.1, progress: bool = True) -> Dict[str, object]:
@@ -68,7 +116,8 @@ def _calibrate_run(run_dir: str | Path, out_dir: Path, fraction: float, progress
     model, recipe, metrics = load_run(run_dir)
     train, test = load_dataset(recipe.data, progress=progress)
     calib = calibration_split(train, fraction, seed=recipe.training.seed)
-    scales, calib_acc = calibrate_thresholds(model, calib)
+    cal = calibrate_thresholds(model, calib)
+    scales = cal.scales
     calibrated = _with_scales(model, scales)
     new_recipe = dataclasses.replace(recipe, name=f"{recipe.name}-calibrated",
                                      model=dataclasses.replace(recipe.model, v_th_scale=scales))
@@ -80,7 +129,9 @@ def _calibrate_run(run_dir: str | Path, out_dir: Path, fraction: float, progress
         "calibrated_from": str(run_dir),
         "v_th_scale": list(scales),
         "calibration_samples": len(calib),
-        "calibration_hard_accuracy": calib_acc,
+        "calibration_hard_accuracy": cal.accuracy,
+        "calibration_searched": [list(r) for r in cal.searched],  # (lowest, highest) multiplier tried, per layer
+        "calibration_bound_hit": list(cal.bound_hit),  # per layer: the best multiplier is on the search's outer limit
         "uncalibrated_hard_accuracy": metrics.get("hard_accuracy"),
     }
     save_run(Path(out_dir), calibrated, new_recipe, out)

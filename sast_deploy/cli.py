@@ -28,6 +28,7 @@ from .signals import terminate_raises
 
 RECIPES_DIR = Path(__file__).resolve().parent.parent / "train"
 DEMO_RECIPE = "demo.toml"
+DEMO_ARCTAN_RECIPE = "demo-arctan.toml"
 
 
 def _find_recipe(name: str) -> Path:
@@ -196,7 +197,7 @@ def cmd_study(args) -> int:
     from .study import load_study, run_study
 
     study = load_study(_find_recipe(args.study))
-    runs = run_study(study, args.out, progress=not args.quiet)
+    runs = run_study(study, args.out, progress=not args.quiet, seeds=args.seeds)
     print(f"{len(runs)} runs complete in {args.out}; next: sast-deploy report {args.out} --out REPORT_DIR")
     return 0
 
@@ -204,7 +205,7 @@ def cmd_study(args) -> int:
 def cmd_report(args) -> int:
     from .report import write_report
 
-    result = write_report(args.study_dir, args.out, diagnostics=not args.no_diagnostics)
+    result = write_report(args.study_dir, args.out, diagnostics=not args.no_diagnostics, also=args.also)
     print(result["md"].read_text())
     print(f"wrote {result['md']}, {result['json']} and {len(result['figures'])} figures")
     return 0
@@ -225,29 +226,35 @@ def cmd_demo(args) -> int:
     from .data import load_dataset
     from .train import train
 
-    recipe_path = _find_recipe(args.config)
     out = Path(args.out)
-    rows = []
-    data = None
-    for opt in ("baseline", "sast"):
-        recipe = load_recipe(recipe_path, [f"optimizer.name={opt}", *args.set])
-        if data is None:
-            data = load_dataset(recipe.data, progress=True)
-        print(f"\n== {opt}: {recipe.name} ({recipe.training.epochs} epochs, rho={recipe.optimizer.rho}) -> {out / opt}")
-        rows.append((opt, train(recipe, out / opt, progress=True, data=data)))
-    print(f"\nTransfer gap on {recipe.data.name} (test split, {rows[0][1]['n_test']} samples)\n")
-    print("| method | surrogate acc % | hard acc % | transfer gap pp | train s |")
+    recipe_paths = [(_find_recipe(args.config), list(args.set))]
+    if args.beside:
+        recipe_paths.append((_find_recipe(args.beside), []))
+    runs, data, data_cfg = [], None, None  # runs: (label, run dir, metrics)
+    for path, overrides in recipe_paths:
+        for opt in ("baseline", "sast"):
+            recipe = load_recipe(path, [f"optimizer.name={opt}", *overrides])
+            if recipe.data != data_cfg:
+                data, data_cfg = load_dataset(recipe.data, progress=True), recipe.data
+            m = recipe.model
+            label = (f"{recipe.name}: {m.surrogate} σ, α = {m.alpha:g}, "
+                     + (f"SAST ρ = {recipe.optimizer.rho:g}" if opt == "sast" else "baseline"))
+            run = out / recipe.name / opt
+            print(f"\n== {label} ({recipe.training.epochs} epochs) -> {run}")
+            runs.append((label, run, train(recipe, run, progress=True, data=data)))
+    print(f"\nTransfer gap on {recipe.data.name} (test split, {runs[0][2]['n_test']} samples)\n")
+    print("| recipe and method | surrogate acc % | hard acc % | transfer gap pp | train s |")
     print("|---|---|---|---|---|")
-    for opt, m in rows:
-        print(f"| {opt} | {m['surrogate_accuracy']:.2f} | {m['hard_accuracy']:.2f} | {m['transfer_gap_pp']:+.2f} | {m['train_seconds']:.0f} |")
+    for label, _, m in runs:
+        print(f"| {label} | {m['surrogate_accuracy']:.2f} | {m['hard_accuracy']:.2f} | {m['transfer_gap_pp']:+.2f} | {m['train_seconds']:.0f} |")
     if args.lava_samples == 0:
         return 0
     from .compare import compare_markdown, compare_run
 
     compared = []
-    for opt, _ in rows:
-        print(f"\n== {opt}: export to Loihi 2 fixed point, emulate the test split, run {args.lava_samples} samples on Lava")
-        compared.append((opt, compare_run(out / opt, samples=args.lava_samples, progress=True, copies=2)))
+    for label, run, _ in runs:
+        print(f"\n== {label}: export to Loihi 2 fixed point, emulate the test split, run {args.lava_samples} samples on Lava")
+        compared.append((label, compare_run(run, samples=args.lava_samples, progress=True, copies=2)))
     print("\nDeployment (hard spikes): float PyTorch, quantized emulator, Lava simulator\n")
     print(compare_markdown(compared))
     return 0
@@ -273,8 +280,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("demo", help="train baseline and SAST on the embedded default and print the paper's table")
-    p.add_argument("--config", default=DEMO_RECIPE, help=f"recipe (default train/{DEMO_RECIPE})")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--config", default=DEMO_RECIPE, help=f"recipe (default train/{DEMO_RECIPE}: the regime where SAST's effect is largest)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override in the --config recipe")
+    p.add_argument("--beside", default=DEMO_ARCTAN_RECIPE, metavar="RECIPE",
+                   help=f"a second recipe trained and shown beside it (default train/{DEMO_ARCTAN_RECIPE}, the arctan regime; '' for none)")
     p.add_argument("--out", default="runs/demo")
     p.add_argument("--lava-samples", type=int, default=200, help="test samples run on Lava's simulator (0: skip deployment)")
     p.set_defaults(func=cmd_demo)
@@ -312,6 +321,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("study", help="run a transfer-gap study (methods x seeds; resumable)")
     p.add_argument("study", help="study TOML (or the name of one in train/, e.g. study-nmnist or study-gesture)")
     p.add_argument("--out", required=True)
+    p.add_argument("--seeds", type=lambda v: tuple(int(s) for s in v.split(",")), default=None, metavar="S1,S2",
+                   help="run only these of the study's seeds (e.g. one process per seed in parallel; the report reads all)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_study)
 
@@ -319,6 +330,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("study_dir")
     p.add_argument("--out", required=True)
     p.add_argument("--no-diagnostics", action="store_true", help="skip spectral norms, gradient norms, sharpness, margins")
+    p.add_argument("--also", action="append", default=[], metavar="STUDY_DIR",
+                   help="another study whose baseline and SAST runs join the gap-vs-rho-per-surrogate-family figure (repeatable)")
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("calibrate", help="post-hoc per-layer threshold calibration of a run on a split of its training data")

@@ -44,7 +44,7 @@ class RecipeError(SastDeployError, ValueError):
 class OptimConfig:
     """``sast``: SAM on the surrogate-forward loss with independent B, B'; ``sam``: B' = B;
     ``baseline``: surrogate-forward loss, base optimizer only; ``ste``: hard-forward loss with
-    the arctan surrogate gradient, base optimizer only."""
+    the surrogate family's derivative as gradient, base optimizer only."""
 
     name: str = "sast"
     lr: float = 1e-3
@@ -52,6 +52,7 @@ class OptimConfig:
     delta: float = 1e-12
     weight_decay: float = 0.0
     perturb_every: int = 1  # sast/sam: recompute eps every k steps, reuse it in between (LookSAM-style)
+    adaptive: bool = False  # sast/sam: ASAM's radius relative to each weight's magnitude (optim.SAST)
 
     def __post_init__(self):
         if self.name not in OPTIMIZERS:

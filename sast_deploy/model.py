@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from norse.torch.module.snn import SNN
 
-from .functional.lif import SPIKE_MODES, LIFState, lif_parameters, lif_step
+from .functional.lif import SPIKE_MODES, SURROGATES, LIFState, lif_parameters, lif_step
 from .validation import file_data
 
 ARCHS = ("mlp", "conv")
@@ -31,7 +31,8 @@ class ModelConfig:
     hidden: Tuple[int, ...] = (128,)  # MLP hidden widths
     beta: float = 0.9
     v_th: float = 1.0
-    alpha: float = 2.0  # arctan surrogate slope
+    alpha: float = 2.0  # surrogate slope at threshold: sigma'(0) = alpha / 2 in every family
+    surrogate: str = "arctan"  # sigma's family: arctan | sigmoid | hardsigmoid (functional/lif.py)
     init_gain: float = 1.0  # multiplies PyTorch's default (Kaiming-uniform) weight init
     conv_channels: int = 16
     conv_kernel: int = 5
@@ -46,6 +47,8 @@ class ModelConfig:
     def __post_init__(self):
         if self.pool < 0:
             raise ValueError(f"model.pool: the sum-pool window must be >= 0 (0 = none), got {self.pool}")
+        if self.surrogate not in SURROGATES:
+            raise ValueError(f"model.surrogate: unknown surrogate family {self.surrogate!r}; known: {', '.join(SURROGATES)}")
         if self.arch not in ARCHS:
             raise ValueError(f"model.arch: unknown architecture {self.arch!r}; known: {', '.join(ARCHS)}")
         object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
@@ -65,8 +68,9 @@ class ModelConfig:
 class LIF(SNN):
     """A population of our LIF neurons over time: norse's ``SNN`` driving :func:`lif_step`."""
 
-    def __init__(self, beta: float, v_th: float, alpha: float):
-        super().__init__(activation=lif_step, state_fallback=self.initial_state, p=lif_parameters(beta, v_th, alpha), dt=1.0)
+    def __init__(self, beta: float, v_th: float, alpha: float, surrogate: str = "arctan"):
+        super().__init__(activation=lif_step, state_fallback=self.initial_state,
+                         p=lif_parameters(beta, v_th, alpha, surrogate=surrogate), dt=1.0)
 
     @staticmethod
     def initial_state(currents: torch.Tensor) -> LIFState:
@@ -135,7 +139,7 @@ class SpikingNet(torch.nn.Module):
         c = config
 
         def lif() -> LIF:
-            return LIF(c.beta, c.v_th, c.alpha)
+            return LIF(c.beta, c.v_th, c.alpha, c.surrogate)
 
         layers: List[SpikingLayer] = []
         if c.arch == "mlp":

@@ -9,6 +9,10 @@ One SAST step, as in the paper::
     opt.second_step(zero_grad=True)  # w <- w (restored), then the base optimizer (Adam) step
 
 ``sam`` is the same with B' = B. ||g|| is the global L2 norm over all parameters.
+
+``adaptive=True`` is ASAM's scale-invariant radius (Kwon et al. 2021, as davda54/sam's
+``adaptive``): eps = rho * w^2 g / ||w g|| elementwise, so each weight moves in proportion to its
+own magnitude and a layer with small weights is not swamped by a radius set for large ones.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ class SAST(torch.optim.Optimizer):
         base_optimizer: optimizer class applied in :meth:`second_step` (default Adam).
         rho: radius of the perturbation (L2 norm of eps, in weight units).
         delta: stabiliser of the normalisation ||g|| + delta.
+        adaptive: ASAM's elementwise scaling by |w| (rho is then relative to the weights' scale).
         **base_kwargs: passed to the base optimizer (lr, betas, weight_decay, ...).
     """
 
@@ -35,28 +40,31 @@ class SAST(torch.optim.Optimizer):
         base_optimizer: Type[torch.optim.Optimizer] = torch.optim.Adam,
         rho: float = 0.05,
         delta: float = 1e-12,
+        adaptive: bool = False,
         **base_kwargs,
     ):
         if rho < 0:
             raise ValueError(f"rho must be >= 0, got {rho}")
         if delta <= 0:
             raise ValueError(f"delta must be > 0, got {delta}")
-        super().__init__(params, dict(rho=rho, delta=delta, **base_kwargs))
+        super().__init__(params, dict(rho=rho, delta=delta, adaptive=adaptive, **base_kwargs))
         self.base_optimizer = base_optimizer(self.param_groups, **base_kwargs)
         self.param_groups = self.base_optimizer.param_groups
         self.defaults.update(self.base_optimizer.defaults)
 
     @torch.no_grad()
     def grad_norm(self) -> torch.Tensor:
-        """Global L2 norm of the current gradients."""
-        norms = [p.grad.norm(p=2) for g in self.param_groups for p in g["params"] if p.grad is not None]
+        """Global L2 norm of the current gradients (of |w| g when adaptive)."""
+        norms = [((p.abs() if g["adaptive"] else 1.0) * p.grad).norm(p=2)
+                 for g in self.param_groups for p in g["params"] if p.grad is not None]
         if not norms:
             raise RuntimeError("SAST.first_step: no gradients; call backward() on the loss of B first")
         return torch.norm(torch.stack(norms), p=2)
 
     @torch.no_grad()
     def first_step(self, zero_grad: bool = False) -> None:
-        """Ascend: w <- w + rho * g / (||g|| + delta), remembering w for :meth:`second_step`."""
+        """Ascend: w <- w + rho * g / (||g|| + delta) (adaptive: rho * w^2 g / (||w g|| + delta)),
+        remembering w for :meth:`second_step`."""
         norm = self.grad_norm()
         for group in self.param_groups:
             scale = group["rho"] / (norm + group["delta"])
@@ -64,7 +72,8 @@ class SAST(torch.optim.Optimizer):
                 if p.grad is None:
                     continue
                 self.state[p]["w"] = p.detach().clone()
-                self.state[p]["e_w"] = p.grad * scale.to(p)  # kept for reuse_step
+                weight = p.detach() ** 2 if group["adaptive"] else 1.0
+                self.state[p]["e_w"] = weight * p.grad * scale.to(p)  # kept for reuse_step
                 p.add_(self.state[p]["e_w"])
         if zero_grad:
             self.zero_grad()

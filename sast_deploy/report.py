@@ -7,7 +7,7 @@ import json
 import statistics
 from pathlib import Path
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -59,6 +59,7 @@ class RunMetrics:
     hard_accuracy: float
     transfer_gap_pp: float
     train_seconds: float
+    epochs: int
     history: Tuple[Dict[str, Any], ...]
 
 
@@ -92,7 +93,8 @@ def collect(study_dir: str | Path, diagnostics: bool = True) -> Dict[str, object
             compared = read_json(d / "compare.json", "comparison")
             validated(CompareSummary, compared, str(d / "compare.json"), RunError)
             run = {"seed": seed, "dir": str(d), "metrics": metrics, "compare": compared,
-                   "rho": recipe.optimizer.rho, "optimizer": recipe.optimizer.name}
+                   "rho": recipe.optimizer.rho, "optimizer": recipe.optimizer.name,
+                   "surrogate": recipe.model.surrogate, "alpha": recipe.model.alpha}
             if diagnostics:
                 cache = d / "diagnostics.json"
                 if _cached_rho(cache) != SHARPNESS_RHO:
@@ -159,6 +161,54 @@ def _save(fig, path: Path) -> Path:
     atomic_write_bytes(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
     plt.close(fig)
     return path
+
+
+def family_points(methods: Dict[str, List[dict]]) -> Dict[str, Dict[float, List[float]]]:
+    """Transfer gaps (pp) per surrogate family ("hardsigmoid α=0.5") and per rho of the SAST
+    runs, rho 0 being the plain baseline, one value per seed. Calibrated runs and runs with
+    more epochs than the family's shortest (the compute-matched baseline) are left out."""
+    runs = [r for rs in methods.values() for r in rs
+            if r["optimizer"] in ("sast", "baseline") and "calibrated_from" not in r["metrics"]]
+    family = lambda r: f"{r['surrogate']} α={r['alpha']:g}"  # noqa: E731
+    epochs: Dict[str, int] = {}
+    for r in runs:
+        epochs[family(r)] = min(epochs.get(family(r), r["metrics"]["epochs"]), r["metrics"]["epochs"])
+    points: Dict[str, Dict[float, List[float]]] = {}
+    for r in runs:
+        if r["metrics"]["epochs"] == epochs[family(r)]:
+            rho = r["rho"] if r["optimizer"] == "sast" else 0.0
+            points.setdefault(family(r), {}).setdefault(rho, []).append(r["metrics"]["transfer_gap_pp"])
+    return points
+
+
+def family_figure(points: Dict[str, Dict[float, List[float]]], path: Path, title: str) -> Path:
+    """Gap against rho, one line per surrogate family (mean ± std over seeds); each family's
+    baseline (rho = 0) is a dashed line of its colour, as rho = 0 has no place on a log axis."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    all_rhos = sorted({rho for by_rho in points.values() for rho in by_rho if rho > 0})
+    for i, (family, by_rho) in enumerate(sorted(points.items())):
+        rhos = sorted(rho for rho in by_rho if rho > 0)
+        if rhos:
+            ax.errorbar(rhos, [np.mean(by_rho[r]) for r in rhos], yerr=[np.std(by_rho[r]) for r in rhos],
+                        marker="o", capsize=3, color=f"C{i}", label=f"{family}: SAST")
+        if 0.0 in by_rho:
+            ax.axhline(np.mean(by_rho[0.0]), color=f"C{i}", linestyle="--", label=f"{family}: baseline")
+    if all_rhos:
+        ax.set_xscale("log")
+        ax.set_xticks(all_rhos, [f"{rho:g}" for rho in all_rhos])
+        ax.minorticks_off()
+    ax.set_xlabel("SAST perturbation radius ρ (weight units, log scale)")
+    ax.set_ylabel("transfer gap (pp): surrogate − hard accuracy")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    return _save(fig, path)
 
 
 def figures(data: Dict[str, object], rows: List[Dict[str, object]], out: Path) -> List[Path]:
@@ -245,16 +295,30 @@ def figures(data: Dict[str, object], rows: List[Dict[str, object]], out: Path) -
     axes[0].set_ylabel("test accuracy (%) (mean, band: seed range)")
     fig.tight_layout()
     paths.append(_save(fig, out / "training_curves.png"))
+    # 5. gap vs rho per surrogate family (this study's runs and those of the studies passed with --also)
+    points = family_points(methods)
+    for other in data.get("also", []):
+        for family, by_rho in family_points(other["methods"]).items():
+            for rho, gaps in by_rho.items():
+                points.setdefault(family, {}).setdefault(rho, []).extend(gaps)
+    if any(rho > 0 for by_rho in points.values() for rho in by_rho):
+        paths.append(family_figure(points, out / "gap_vs_rho_by_family.png",
+                                   "Transfer gap vs ρ per surrogate family (mean ± std over seeds)"))
     return paths
 
 
-def write_report(study_dir: str | Path, out: str | Path, diagnostics: bool = True) -> Dict[str, object]:
+def write_report(study_dir: str | Path, out: str | Path, diagnostics: bool = True,
+                 also: Sequence[str | Path] = ()) -> Dict[str, object]:
+    """The study's report in ``out``; the runs of the studies in ``also`` join the figure of
+    the gap against rho per surrogate family."""
     out = Path(out)
     data = collect(study_dir, diagnostics)  # before the output folder exists: a bad study leaves none
+    data["also"] = [collect(d, diagnostics=False) for d in also]
     out.mkdir(parents=True, exist_ok=True)
     rows = summarize(data)
     pngs = figures(data, rows, out)
     md = markdown(rows, data) + "\n## Figures\n\n" + "\n".join(f"![{p.stem}]({p.name})" for p in pngs) + "\n"
     atomic_write_text(out / "report.md", md)
-    atomic_write_text(out / "report.json", json.dumps({"study": data["study"], "rows": rows}, indent=2) + "\n")
+    atomic_write_text(out / "report.json", json.dumps({"study": data["study"], "rows": rows,
+                                                       "also": [d["study"]["name"] for d in data["also"]]}, indent=2) + "\n")
     return {"md": out / "report.md", "json": out / "report.json", "figures": pngs, "rows": rows}

@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import List, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 from .config import RecipeError, load_recipe, read_toml
 from .fileio import atomic_write_text
@@ -83,8 +83,13 @@ def run_dir(out: Path, method: str, seed: int) -> Path:
     return Path(out) / method / f"seed{seed}"
 
 
-def run_study(study: Study, out: str | Path, progress: bool = True, log=print) -> List[Path]:
-    """Train/calibrate and compare every (seed, method) run that is not finished yet."""
+def run_study(study: Study, out: str | Path, progress: bool = True, log=print,
+              seeds: Optional[Sequence[int]] = None) -> List[Path]:
+    """Train/calibrate and compare every (seed, method) run that is not finished yet; with
+    ``seeds``, only those of the study's seeds (they must be among them)."""
+    unknown = sorted(set(seeds or ()) - set(study.seeds))
+    if unknown:
+        raise RecipeError(f"study {study.name}: seeds {unknown} are not among the study's seeds {list(study.seeds)}")
     from .calibrate import calibrate_run
     from .compare import compare_run
     from .train import train
@@ -95,7 +100,7 @@ def run_study(study: Study, out: str | Path, progress: bool = True, log=print) -
         "name": study.name, "base": str(study.base), "seeds": list(study.seeds), "lava_samples": study.lava_samples,
         "methods": [{"name": m.name, "set": list(m.set), "calibrate": m.calibrate} for m in study.methods]}, indent=2) + "\n")
     done = []
-    for seed in study.seeds:
+    for seed in [s for s in study.seeds if seeds is None or s in seeds]:
         for m in study.methods:
             d = run_dir(out, m.name, seed)
             if not (d / "metrics.json").exists():

@@ -86,7 +86,8 @@ def plain_step(model: SpikingNet, opt: torch.optim.Optimizer, batch: Batch, mode
 def make_optimizer(model: SpikingNet, recipe: Recipe) -> torch.optim.Optimizer:
     o = recipe.optimizer
     if o.sharpness_aware:
-        return SAST(model.parameters(), torch.optim.Adam, rho=o.rho, delta=o.delta, lr=o.lr, weight_decay=o.weight_decay)
+        return SAST(model.parameters(), torch.optim.Adam, rho=o.rho, delta=o.delta, adaptive=o.adaptive, lr=o.lr,
+                    weight_decay=o.weight_decay)
     return torch.optim.Adam(model.parameters(), lr=o.lr, weight_decay=o.weight_decay)
 
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from sast_deploy.calibrate import calibrate_run, calibrate_thresholds, calibration_split
+from sast_deploy.calibrate import LIMIT_OCTAVES, calibrate_run, calibrate_thresholds, calibration_split, search_log_scale
 from sast_deploy.data import load_dataset
 from sast_deploy.model import ModelConfig, build_model
 from sast_deploy.quantize import quantize
@@ -27,10 +27,43 @@ def test_thresholds_move_to_what_maximises_hard_accuracy(small_data):
     torch.manual_seed(0)
     model = build_model(ModelConfig(hidden=(16,)), calib.input_shape, 10)  # untrained: weak currents
     before = evaluate(model, calib, ("hard",))["hard_accuracy"]
-    scales, acc = calibrate_thresholds(model, calib, grid=(0.2, 0.5, 1.0), passes=1)
-    assert acc >= before and len(scales) == 2 and set(scales) <= {0.2, 0.5, 1.0}
+    cal = calibrate_thresholds(model, calib, passes=1)
+    assert cal.accuracy >= before and len(cal.scales) == 2 and len(cal.bound_hit) == 2
+    assert evaluate(model_with(model, cal.scales), calib, ("hard",))["hard_accuracy"] == cal.accuracy
     with pytest.raises(ValueError, match="v_th_scale has 1 entries"):
         build_model(ModelConfig(hidden=(16,), v_th_scale=(0.5,)), calib.input_shape, 10)
+
+
+def model_with(model, scales):
+    import dataclasses
+    out = build_model(dataclasses.replace(model.config, v_th_scale=tuple(scales)), model.input_shape, model.n_classes)
+    out.load_state_dict(model.state_dict())
+    return out
+
+
+@pytest.mark.parametrize("peak_octave", [-9.0, -2.5, 0.0, 5.25])
+def test_log_search_grows_past_its_first_grid_until_the_optimum_is_inside(peak_octave):
+    calls = []
+
+    def accuracy_at(s):  # a single peak at 2^peak_octave, flat (chance) far from it
+        calls.append(s)
+        return max(10.0, 90.0 - 20.0 * abs(np.log2(s) - peak_octave))
+
+    start_accuracy = accuracy_at(1.0)
+    calls.clear()
+    scale, acc, (lo, hi), bound = search_log_scale(accuracy_at, 1.0, start_accuracy)
+    assert scale == pytest.approx(2.0 ** peak_octave) and acc == pytest.approx(90.0)
+    assert not bound and lo < scale < hi  # the optimum is interior to what was searched
+    assert len(calls) == len(set(calls))  # no multiplier evaluated twice
+    assert len(calls) < 60  # it stopped growing once the peak was inside
+
+
+def test_log_search_reports_when_its_outer_limit_is_hit_and_keeps_ties_at_the_start():
+    scale, acc, (lo, _), bound = search_log_scale(lambda s: -np.log2(s), 1.0, 0.0)  # better and better as s -> 0
+    assert bound and scale == lo == 2.0 ** LIMIT_OCTAVES[0]
+    scale, acc, (lo, hi), bound = search_log_scale(lambda s: 50.0, 1.0, 50.0)  # flat: nothing beats the start
+    assert scale == 1.0 and acc == 50.0 and not bound
+    assert (lo, hi) == (2.0 ** LIMIT_OCTAVES[0], 2.0 ** LIMIT_OCTAVES[1])  # a plateau is searched to the limits
 
 
 def test_calibrated_run_carries_its_thresholds_to_every_backend(trained_run, tmp_path):
@@ -44,3 +77,4 @@ def test_calibrated_run_carries_its_thresholds_to_every_backend(trained_run, tmp
     assert [layer.vth_mant for layer in q.layers] == [round(lif_th * layer.scale) for lif_th, layer in
                                                       zip([lay.lif.v_th for lay in model.layers], q.layers)]
     assert metrics["calibrated_from"] == str(trained_run)
+    assert len(metrics["calibration_bound_hit"]) == len(model.layers) == len(metrics["calibration_searched"])

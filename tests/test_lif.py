@@ -5,13 +5,17 @@ import math
 import numpy as np
 import torch
 
+import pytest
+
 from sast_deploy.functional.lif import (
+    SURROGATES,
     arctan_sigmoid,
     arctan_sigmoid_grad,
-    arctan_ste,
+    hard_sigmoid,
     heaviside_strict,
     lif_parameters,
     lif_step,
+    straight_through,
 )
 from sast_deploy.model import LIF, ModelConfig, build_model, predict
 from norse.torch.functional.lif_box import LIFBoxFeedForwardState
@@ -30,10 +34,75 @@ def test_arctan_sigmoid_values_and_exact_gradient():
 def test_hard_spike_is_strict_and_ste_has_the_surrogate_gradient():
     x = torch.tensor([-0.1, 0.0, 1e-6, 2.0], requires_grad=True)
     assert heaviside_strict(x).tolist() == [0.0, 0.0, 1.0, 1.0]  # v == theta does not spike (Loihi: v > vth)
-    z = arctan_ste(x, 0.5)
+    z = straight_through(x, 0.5)  # arctan by default
     assert z.tolist() == [0.0, 0.0, 1.0, 1.0]
     z.sum().backward()
     np.testing.assert_allclose(x.grad.numpy(), arctan_sigmoid_grad(x.detach(), 0.5).numpy(), rtol=1e-6)
+
+
+# sigma(x) and sigma'(x) at x = -1, 0, 0.5 for alpha = 2, written out by hand per family
+FAMILY_POINTS = {
+    "arctan": ([math.atan(-math.pi) / math.pi + 0.5, 0.5, math.atan(math.pi / 2) / math.pi + 0.5],
+               [1 / (1 + math.pi**2), 1.0, 1 / (1 + (math.pi / 2) ** 2)]),
+    "sigmoid": ([1 / (1 + math.exp(4)), 0.5, 1 / (1 + math.exp(-2))],
+                [4 * math.exp(-4) / (1 + math.exp(-4)) ** 2, 1.0, 4 * math.exp(-2) / (1 + math.exp(-2)) ** 2]),
+    "hardsigmoid": ([0.0, 0.5, 1.0], [0.0, 1.0, 0.0]),  # alpha = 2: the band is |x| < 0.5
+}
+
+
+@pytest.mark.parametrize("family", sorted(SURROGATES))
+def test_surrogate_family_values_slope_at_threshold_and_exact_gradient(family):
+    sigma, grad = SURROGATES[family]
+    want_value, want_grad = FAMILY_POINTS[family]
+    x = torch.tensor([-1.0, 0.0, 0.5], dtype=torch.float64)
+    np.testing.assert_allclose(sigma(x, 2.0).numpy(), want_value, rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(grad(x, 2.0).numpy(), want_grad, rtol=1e-12, atol=1e-15)
+    for alpha in (0.5, 1.0, 2.0):  # alpha is the same slope at threshold in every family
+        assert float(grad(torch.tensor(0.0), alpha)) == alpha / 2
+        assert float(sigma(torch.tensor(0.0), alpha)) == 0.5
+    # autograd through sigma agrees with the analytic derivative away from kinks
+    xs = torch.linspace(-3, 3, 61, dtype=torch.float64)
+    xs = xs[(xs.abs() - 0.5).abs() > 1e-6].requires_grad_(True)
+    sigma(xs, 2.0).sum().backward()
+    np.testing.assert_allclose(xs.grad.numpy(), grad(xs.detach(), 2.0).numpy(), rtol=1e-9, atol=1e-12)
+
+
+def test_hard_sigmoid_is_exactly_zero_and_one_outside_its_band():
+    alpha = 0.5  # band |x| < 1 / alpha = 2
+    x = torch.tensor([-100.0, -2.0, -2.0 + 1e-3, 2.0 - 1e-3, 2.0, 100.0])
+    y = hard_sigmoid(x, alpha)
+    assert y[0] == 0.0 and y[1] == 0.0 and y[4] == 1.0 and y[5] == 1.0  # exact, not merely small
+    assert 0.0 < y[2] < 1e-3 and 1 - 1e-3 < y[3] < 1.0
+    g = SURROGATES["hardsigmoid"].grad(x, alpha)
+    assert g.tolist() == [0.0, 0.0, 0.25, 0.25, 0.0, 0.0]
+    # the heavy tail that the compact one removes: arctan at -1/alpha is still far from 0
+    assert float(arctan_sigmoid(torch.tensor(-2.0), alpha)) == pytest.approx(math.atan(-math.pi / 2) / math.pi + 0.5)  # 0.18
+
+
+@pytest.mark.parametrize("family", sorted(SURROGATES))
+def test_ste_backward_is_the_familys_derivative(family):
+    x = torch.tensor([-3.0, -0.4, 0.0, 0.2, 3.0], requires_grad=True)
+    z = straight_through(x, 2.0, family)
+    assert z.tolist() == [0.0, 0.0, 0.0, 1.0, 1.0]
+    z.sum().backward()
+    np.testing.assert_allclose(x.grad.numpy(), SURROGATES[family].grad(x.detach(), 2.0).numpy(), rtol=1e-6)
+
+
+def test_model_surrogate_field_reaches_every_lif_and_old_configs_load_as_arctan():
+    assert ModelConfig().surrogate == "arctan"
+    assert ModelConfig(**{k: v for k, v in vars(ModelConfig()).items() if k != "surrogate"}).surrogate == "arctan"
+    with pytest.raises(ValueError, match="model.surrogate"):
+        ModelConfig(surrogate="tanh")
+    torch.manual_seed(0)
+    x = (torch.rand(6, 4, 2, 6, 6) < 0.3).float()
+    outs = {}
+    for family in SURROGATES:
+        torch.manual_seed(1)
+        net = build_model(ModelConfig(hidden=(16,), alpha=0.5, surrogate=family), (2, 6, 6), 3)
+        assert all(layer.lif.p.surrogate == family for layer in net.layers)
+        outs[family] = (net(x, mode="surrogate"), net(x, mode="hard"))
+    assert torch.equal(outs["arctan"][1], outs["hardsigmoid"][1])  # same weights: hard spikes do not see sigma
+    assert not torch.allclose(outs["arctan"][0], outs["hardsigmoid"][0])
 
 
 def test_lif_step_by_hand():

@@ -34,6 +34,23 @@ def test_first_step_perturbs_by_rho_along_the_normalised_gradient():
     assert float(torch.sqrt(sum((e**2).sum() for e in eps))) == pytest.approx(0.3, rel=1e-5)
 
 
+def test_adaptive_perturbation_is_scaled_by_each_weights_magnitude():
+    net = _net()
+    opt = SAST(net.parameters(), rho=0.5, adaptive=True, lr=1e-2)
+    w0 = [p.detach().clone() for p in net.parameters()]
+    loss_on(net, _batch(1), "surrogate", 1.0).backward()
+    g = [p.grad.clone() for p in net.parameters()]
+    norm = torch.sqrt(sum(((w * x) ** 2).sum() for w, x in zip(w0, g)))  # ||w g||, not ||g||
+    opt.first_step()
+    eps = [p.detach() - w for p, w in zip(net.parameters(), w0)]
+    for e, w, gi in zip(eps, w0, g):
+        torch.testing.assert_close(e, 0.5 * w**2 * gi / (norm + 1e-12))
+    # the radius is rho in the |w|-rescaled coordinates: ||eps / |w| || = rho
+    assert float(torch.sqrt(sum(((e / w) ** 2).sum() for e, w in zip(eps, w0)))) == pytest.approx(0.5, rel=1e-4)
+    # which is not the plain (non-adaptive) perturbation
+    assert not torch.allclose(eps[0], 0.5 * g[0] / torch.sqrt(sum((x**2).sum() for x in g)))
+
+
 def test_update_uses_the_gradient_at_the_perturbed_point_on_b_prime():
     b, b_prime = _batch(1), _batch(2)
     net = _net()

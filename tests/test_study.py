@@ -6,6 +6,7 @@ import pytest
 
 from sast_deploy.cli import main
 from sast_deploy.config import RecipeError
+from sast_deploy.report import family_points
 from sast_deploy.study import load_study, run_study
 
 from conftest import SMALL_RECIPE_TOML
@@ -62,8 +63,31 @@ def test_study_runs_resumes_and_reports(tmp_path, small_data):
         assert name in md
     report = json.loads((tmp_path / "report" / "report.json").read_text())
     assert [r["seeds"] for r in report["rows"]] == [2, 2, 2, 2]
-    for png in ("gap_vs_rho", "accuracy_by_mode", "membrane_margins", "training_curves"):
+    for png in ("gap_vs_rho", "accuracy_by_mode", "membrane_margins", "training_curves", "gap_vs_rho_by_family"):
         assert (tmp_path / "report" / f"{png}.png").read_bytes()[:4] == b"\x89PNG"
+    with pytest.raises(RecipeError, match=r"seeds \[7\] are not among"):
+        run_study(study, out, progress=False, log=lambda s: None, seeds=(7,))
+    logged.clear()
+    run_study(study, out, progress=False, log=logged.append, seeds=(1,))  # finished: nothing to do
+    assert logged == []
+
+
+def _run(optimizer, rho, gap, surrogate="hardsigmoid", alpha=0.5, epochs=10, **metrics):
+    return {"optimizer": optimizer, "rho": rho, "surrogate": surrogate, "alpha": alpha,
+            "metrics": {"transfer_gap_pp": gap, "epochs": epochs, **metrics}}
+
+
+def test_family_points_keep_plain_baseline_and_sast_per_family_and_rho():
+    methods = {
+        "baseline": [_run("baseline", 0.3, 80.0), _run("baseline", 0.3, 86.0)],
+        "sast-rho0.3": [_run("sast", 0.3, 8.0), _run("sast", 0.3, 6.0)],
+        "sam-rho0.3": [_run("sam", 0.3, 10.0)],
+        "baseline-2x": [_run("baseline", 0.3, 85.0, epochs=20)],
+        "baseline-calibrated": [_run("baseline", 0.3, 20.0, calibrated_from="x")],
+        "arctan-sast-rho0.1": [_run("sast", 0.1, 7.0, surrogate="arctan", alpha=0.25)],
+    }
+    assert family_points(methods) == {"hardsigmoid α=0.5": {0.0: [80.0, 86.0], 0.3: [8.0, 6.0]},
+                                      "arctan α=0.25": {0.1: [7.0]}}
 
 
 def test_bad_study_files_are_named(tmp_path):

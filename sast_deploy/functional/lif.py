@@ -9,18 +9,26 @@ Discrete-time LIF without synaptic current, one step per frame bin::
 
 Spike modes on the same weights:
 
-* ``surrogate``: f = arctan sigmoid sigma(x) = arctan(pi/2 * alpha * x) / pi + 1/2 in the
-  forward pass, so the network is smooth and its gradients are exact;
+* ``surrogate``: f = a smooth sigmoid sigma(x) of the recipe's surrogate family in the forward
+  pass, so the network is smooth and its gradients are exact;
 * ``hard``: f = Heaviside with a strict comparison (v > v_th, as Loihi's ``v > vth``);
   reset becomes reset-to-zero, as on Loihi;
-* ``ste``: hard forward, arctan surrogate derivative backward (the conventional
+* ``ste``: hard forward, the family's derivative sigma'(x) backward (the conventional
   surrogate-gradient baseline).
+
+Surrogate families (``model.surrogate``), all with sigma(0) = 1/2 and sigma'(0) = alpha/2, so
+alpha is the same slope at threshold in each; they differ in their tails:
+
+* ``arctan``:      arctan(pi/2 alpha x)/pi + 1/2     heavy tail, sigma(-x) ~ 1/(pi^2 alpha x / 2)
+* ``sigmoid``:     1 / (1 + exp(-2 alpha x))         logistic, light (exponential) tail
+* ``hardsigmoid``: clamp(1/2 + alpha x / 2, 0, 1)    compact support: exactly 0 below -1/alpha,
+                                                     exactly 1 above +1/alpha
 
 Unlike norse's ``lif_box_feed_forward_step`` (which scales the input by dt * tau_mem_inv),
 the input current is added unscaled after the decay: that is Loihi's CUBA update with
 du = 4095 (no synaptic current), so a trained layer maps onto the chip with the same
-weights. Parameters use norse's :class:`LIFBoxParameters`; its ``method`` field names the
-spike mode and ``alpha`` the surrogate slope.
+weights. :class:`LIFParameters` has the fields of norse's ``LIFBoxParameters`` (``method``
+names the spike mode, ``alpha`` the surrogate slope) plus ``surrogate``, the family.
 """
 
 from __future__ import annotations
@@ -29,13 +37,14 @@ import math
 from typing import Callable, Dict, NamedTuple, Tuple
 
 import torch
-from norse.torch.functional.lif_box import LIFBoxFeedForwardState, LIFBoxParameters
+from norse.torch.functional.lif_box import LIFBoxFeedForwardState
+from norse.torch.functional.reset import reset_value
 
 SPIKE_MODES = ("surrogate", "hard", "ste")
 
 
 def arctan_sigmoid(x: torch.Tensor, alpha: float) -> torch.Tensor:
-    """sigma(x) = arctan(pi/2 * alpha * x) / pi + 1/2, the smooth stand-in for H(x)."""
+    """sigma(x) = arctan(pi/2 * alpha * x) / pi + 1/2."""
     return torch.atan((math.pi / 2) * alpha * x) / math.pi + 0.5
 
 
@@ -44,43 +53,99 @@ def arctan_sigmoid_grad(x: torch.Tensor, alpha: float) -> torch.Tensor:
     return (alpha / 2) / (1 + ((math.pi / 2) * alpha * x) ** 2)
 
 
+def logistic_sigmoid(x: torch.Tensor, alpha: float) -> torch.Tensor:
+    """sigma(x) = 1 / (1 + exp(-2 alpha x))."""
+    return torch.sigmoid(2 * alpha * x)
+
+
+def logistic_sigmoid_grad(x: torch.Tensor, alpha: float) -> torch.Tensor:
+    """d sigma / dx = 2 alpha sigma (1 - sigma)."""
+    s = torch.sigmoid(2 * alpha * x)
+    return 2 * alpha * s * (1 - s)
+
+
+def hard_sigmoid(x: torch.Tensor, alpha: float) -> torch.Tensor:
+    """sigma(x) = clamp(1/2 + alpha x / 2, 0, 1): exactly 0 for x <= -1/alpha, 1 for x >= 1/alpha."""
+    return (0.5 + 0.5 * alpha * x).clamp(0.0, 1.0)
+
+
+def hard_sigmoid_grad(x: torch.Tensor, alpha: float) -> torch.Tensor:
+    """d sigma / dx = alpha / 2 inside the band |x| < 1/alpha, 0 outside."""
+    return (alpha / 2) * ((alpha * x).abs() < 1).to(x.dtype)
+
+
+class Surrogate(NamedTuple):
+    """A surrogate family: sigma(x; alpha) for the surrogate forward pass and its derivative
+    sigma'(x; alpha) for the straight-through backward pass."""
+
+    sigma: Callable[[torch.Tensor, float], torch.Tensor]
+    grad: Callable[[torch.Tensor, float], torch.Tensor]
+
+
+SURROGATES: Dict[str, Surrogate] = {
+    "arctan": Surrogate(arctan_sigmoid, arctan_sigmoid_grad),
+    "sigmoid": Surrogate(logistic_sigmoid, logistic_sigmoid_grad),
+    "hardsigmoid": Surrogate(hard_sigmoid, hard_sigmoid_grad),
+}
+
+
 def heaviside_strict(x: torch.Tensor, alpha: float = 0.0) -> torch.Tensor:
     """H(x) with H(0) = 0: a neuron exactly at threshold does not spike (Loihi compares v > vth)."""
     return (x > 0).to(x.dtype)
 
 
-class _ArcTanSTE(torch.autograd.Function):
+class _StraightThrough(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x: torch.Tensor, alpha: float) -> torch.Tensor:
+    def forward(ctx, x: torch.Tensor, alpha: float, surrogate: str) -> torch.Tensor:
         ctx.save_for_backward(x)
-        ctx.alpha = alpha
+        ctx.alpha, ctx.surrogate = alpha, surrogate
         return heaviside_strict(x)
 
     @staticmethod
     def backward(ctx, grad_output: torch.Tensor):
         (x,) = ctx.saved_tensors
-        return grad_output * arctan_sigmoid_grad(x, ctx.alpha), None
+        return grad_output * SURROGATES[ctx.surrogate].grad(x, ctx.alpha), None, None
 
 
-def arctan_ste(x: torch.Tensor, alpha: float) -> torch.Tensor:
-    """Hard spike forward, arctan surrogate gradient backward."""
-    return _ArcTanSTE.apply(x, alpha)
+def straight_through(x: torch.Tensor, alpha: float, surrogate: str = "arctan") -> torch.Tensor:
+    """Hard spike forward, the surrogate family's derivative backward."""
+    return _StraightThrough.apply(x, alpha, surrogate)
 
 
-SPIKE_FUNCTIONS: Dict[str, Callable[[torch.Tensor, float], torch.Tensor]] = {
-    "surrogate": arctan_sigmoid,
-    "hard": heaviside_strict,
-    "ste": arctan_ste,
-}
+def spike(x: torch.Tensor, mode: str, alpha: float, surrogate: str = "arctan") -> torch.Tensor:
+    """The spike function f(x), x = v' - v_th, of a spike mode and surrogate family."""
+    if mode == "surrogate":
+        return SURROGATES[surrogate].sigma(x, alpha)
+    if mode == "ste":
+        return straight_through(x, alpha, surrogate)
+    return heaviside_strict(x)
 
 
-def lif_parameters(beta: float, v_th: float, alpha: float, mode: str = "surrogate", dt: float = 1.0) -> LIFBoxParameters:
-    """norse parameters of our LIF. ``beta`` is the membrane decay per step (dt = 1 frame bin)."""
+class LIFParameters(NamedTuple):
+    """norse's ``LIFBoxParameters`` (same fields, same meaning) plus ``surrogate``, the family
+    of sigma. A NamedTuple of its own because norse's cannot take another field."""
+
+    tau_mem_inv: float = 0.1
+    v_leak: float = 0.0
+    v_th: float = 1.0
+    v_reset: float = 0.0
+    method: str = "surrogate"  # the spike mode
+    alpha: float = 2.0
+    reset_method: Callable = reset_value
+    surrogate: str = "arctan"
+
+
+def lif_parameters(beta: float, v_th: float, alpha: float, mode: str = "surrogate", dt: float = 1.0,
+                   surrogate: str = "arctan") -> LIFParameters:
+    """Parameters of our LIF. ``beta`` is the membrane decay per step (dt = 1 frame bin)."""
     if not 0.0 <= beta <= 1.0:
         raise ValueError(f"beta (membrane decay per step) must be in [0, 1], got {beta}")
     if mode not in SPIKE_MODES:
         raise ValueError(f"unknown spike mode {mode!r}; known: {', '.join(SPIKE_MODES)}")
-    return LIFBoxParameters(tau_mem_inv=(1.0 - beta) / dt, v_leak=0.0, v_th=v_th, v_reset=0.0, method=mode, alpha=alpha)
+    if surrogate not in SURROGATES:
+        raise ValueError(f"unknown surrogate family {surrogate!r}; known: {', '.join(SURROGATES)}")
+    return LIFParameters(tau_mem_inv=(1.0 - beta) / dt, v_leak=0.0, v_th=v_th, v_reset=0.0, method=mode, alpha=alpha,
+                         surrogate=surrogate)
 
 
 class LIFState(NamedTuple):
@@ -92,12 +157,12 @@ class LIFState(NamedTuple):
 
 
 def lif_step(
-    input_current: torch.Tensor, state: LIFBoxFeedForwardState, p: LIFBoxParameters, dt: float = 1.0
+    input_current: torch.Tensor, state: LIFBoxFeedForwardState, p: LIFParameters, dt: float = 1.0
 ) -> Tuple[torch.Tensor, LIFState]:
     """One step of the LIF above; the activation of norse's ``SNN``/``SNNCell``. Accepts
     norse's ``LIFBoxFeedForwardState`` or a :class:`LIFState`."""
     v_decayed = state.v + dt * p.tau_mem_inv * (p.v_leak - state.v) + input_current
-    z = SPIKE_FUNCTIONS[p.method](v_decayed - p.v_th, p.alpha)
+    z = spike(v_decayed - p.v_th, p.method, p.alpha, p.surrogate)
     v_new = p.reset_method(z, v_decayed, p.v_reset, p.v_th)
     return z, LIFState(v=v_new, v_pre=v_decayed)
 
