@@ -45,13 +45,16 @@ def stop_runtime(process, workers: List[multiprocessing.Process], timeout_s: flo
     runtime = process.runtime
     if runtime is None:
         return
+    if not runtime._is_started:
+        # Never ran (interrupted while starting): Lava's stop() would skip STOP and then join
+        # workers that wait for one. Or Lava stopped it already. Either way nothing is left to
+        # stop gracefully: release the shared memory and reap what is left.
+        _kill(runtime, workers)
+        return
     failure: List[BaseException] = []
 
     def graceful() -> None:
         try:
-            # A runtime that never ran skips STOP but still joins its workers, which would
-            # wait for STOP forever: mark it started so the workers are told to stop.
-            runtime._is_started = True
             process.stop()
         except BaseException as exc:  # reported below; the workers are then killed
             failure.append(exc)
@@ -66,17 +69,23 @@ def stop_runtime(process, workers: List[multiprocessing.Process], timeout_s: flo
 
 
 def _kill(runtime, workers: List[multiprocessing.Process]) -> None:
-    # The shared-memory manager unlinks every segment it created when asked to shut down; ask
-    # it before its process is killed (private attributes of lava 0.10's Runtime).
+    # Release the shared memory first: the manager unlinks every segment it tracks when asked
+    # to shut down, and each segment is unlinked by name as well, in case the manager does not
+    # answer (private attributes of lava 0.10's Runtime and SharedMemoryManager).
     smm = getattr(getattr(runtime, "_messaging_infrastructure", None), "smm", None)
+    segments = list(getattr(smm, "_shared_memory_handles", ()))
     manager = getattr(smm, "_manager", None)
     if manager is not None:
         with contextlib.suppress(Exception):
             manager.shutdown()
+    for segment in segments:
+        with contextlib.suppress(Exception):  # FileNotFoundError: the manager unlinked it
+            segment.unlink()
     for worker in workers:
         with contextlib.suppress(Exception):
             worker.kill()
     for worker in workers:
         with contextlib.suppress(Exception):
-            worker.join(timeout=5)
+            # the base class's join: Lava's SystemProcess.join takes no timeout
+            multiprocessing.process.BaseProcess.join(worker, timeout=5)
     runtime._is_started = False  # or Runtime.__del__ would send STOP to the dead workers and wait
