@@ -11,8 +11,8 @@ JSON line per run and a markdown table of surrogate accuracy, hard accuracy and 
 
 The surrogate-family sweep (README, "What the studies found")::
 
-    python benchmarks/regime_sweep.py --base train/demo.toml --out runs/sweep-family --grid \
-        --vary model.surrogate=arctan,sigmoid,hardsigmoid --vary model.alpha=0.5,1,2 \
+    python benchmarks/regime_sweep.py --base train/demo-arctan.toml --out runs/sweep-family --grid \
+        --vary model.surrogate=hardsigmoid,sigmoid,arctan --vary model.alpha=0.5,1,2 \
         --method baseline=optimizer.name=baseline --method sast-rho0.1=optimizer.name=sast,optimizer.rho=0.1 \
         --method sast-rho0.3=optimizer.name=sast,optimizer.rho=0.3 --method sast-rho0.5=optimizer.name=sast,optimizer.rho=0.5
 """

@@ -4,8 +4,11 @@
 * mean input-gradient norm of the surrogate loss (the local proposition);
 * sharpness: the largest loss increase over perturbations of norm rho, along the gradient
   and along a few random directions;
-* membrane margins (v' - theta) / theta over all neuron-steps in hard mode, and the fraction
-  of "fence-sitters" within +-10 % of threshold.
+* membrane margins (v' - theta) / theta over all neuron-steps, in hard and in surrogate
+  mode: the fraction of "fence-sitters" within +-10 % of threshold, and per layer the
+  fractions below, inside and above the band |v' - theta| < 1/alpha (the hard sigmoid's
+  support: below it sigma is exactly 0, above it exactly 1; the other families have the
+  same slope there, and their tails outside it).
 """
 
 from __future__ import annotations
@@ -69,18 +72,26 @@ def sharpness(model: SpikingNet, data: FrameDataset, rho: float, n: int = 512, n
 
 
 @torch.no_grad()
-def membrane_margins(model: SpikingNet, data: FrameDataset, n: int = 256, bins: int = 121) -> Dict[str, object]:
-    """Histogram of (v' - theta) / theta over all neuron-steps of all layers, hard mode."""
+def membrane_margins(model: SpikingNet, data: FrameDataset, mode: str = "hard", n: int = 256, bins: int = 121) -> Dict[str, object]:
+    """Histogram of (v' - theta) / theta over all neuron-steps of all layers in ``mode``, the
+    fence-sitter fraction (|margin| < 0.1), and per layer the fractions of neuron-steps
+    below / inside / above the band |v' - theta| < 1/alpha."""
     x, _ = data[list(range(min(n, len(data))))]
     edges = np.linspace(-3.0, 3.0, bins + 1)
     hist = np.zeros(bins)
-    total, fence = 0, 0
-    for layer, (_, v_pre) in zip(model.layers, model.forward_all(time_first(x), mode="hard")):
-        m = ((v_pre - layer.lif.v_th) / layer.lif.v_th).flatten().numpy()
+    total, fence, band = 0, 0, []
+    half_width = 1.0 / model.config.alpha  # in potential units
+    for layer, (_, v_pre) in zip(model.layers, model.forward_all(time_first(x), mode=mode)):
+        d = (v_pre - layer.lif.v_th).flatten().numpy()
+        m = d / layer.lif.v_th
         hist += np.histogram(np.clip(m, edges[0], edges[-1]), bins=edges)[0]
         total += m.size
         fence += int(np.sum(np.abs(m) < 0.1))
-    return {"edges": edges.tolist(), "density": (hist / max(total, 1)).tolist(), "fence_sitter_fraction": fence / max(total, 1)}
+        band.append({"below": float(np.mean(d <= -half_width)), "inside": float(np.mean(np.abs(d) < half_width)),
+                     "above": float(np.mean(d >= half_width))})
+    return {"mode": mode, "edges": edges.tolist(), "density": (hist / max(total, 1)).tolist(),
+            "fence_sitter_fraction": fence / max(total, 1), "band_half_width": half_width,
+            "band_half_width_margin": half_width / model.config.v_th, "band_per_layer": band}
 
 
 def diagnose(model: SpikingNet, train_data: FrameDataset, test_data: FrameDataset, rho: float, loss_scale: float = 1.0) -> Dict[str, object]:
@@ -88,5 +99,6 @@ def diagnose(model: SpikingNet, train_data: FrameDataset, test_data: FrameDatase
         "spectral_norms": spectral_norms(model),
         "input_gradient_norm": input_gradient_norm(model, test_data, loss_scale=loss_scale),
         **sharpness(model, train_data, rho, loss_scale=loss_scale),
-        "margins": membrane_margins(model, test_data),
+        "margins": membrane_margins(model, test_data, "hard"),
+        "margins_surrogate": membrane_margins(model, test_data, "surrogate"),
     }

@@ -17,6 +17,7 @@ from .study import Method
 from .validation import file_data, output_data, validated
 
 SHARPNESS_RHO = 0.05  # perturbation norm of the sharpness estimate (weight units), the same for all runs
+DIAGNOSTICS_VERSION = 2  # 2: margins in surrogate mode too, band fractions; older caches are recomputed
 MODES = (("surrogate_accuracy", "surrogate"), ("hard_accuracy", "hard (float)"),
          ("emulator_accuracy", "hard (Loihi 2 emulator)"), ("lava_accuracy", "Lava simulator (subset)"))
 
@@ -63,13 +64,13 @@ class RunMetrics:
     history: Tuple[Dict[str, Any], ...]
 
 
-def _cached_rho(cache: Path) -> Optional[float]:
-    """The radius cached diagnostics were computed at (None: no usable cache, recompute)."""
+def _cache_key(cache: Path) -> Optional[tuple]:
+    """(radius, version) of cached diagnostics (None: no usable cache, recompute)."""
     try:
         value = json.loads(cache.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):
         return None
-    return value.get("sharpness_rho") if isinstance(value, dict) else None
+    return (value.get("sharpness_rho"), value.get("version")) if isinstance(value, dict) else None
 
 
 def collect(study_dir: str | Path, diagnostics: bool = True) -> Dict[str, object]:
@@ -97,11 +98,11 @@ def collect(study_dir: str | Path, diagnostics: bool = True) -> Dict[str, object
                    "surrogate": recipe.model.surrogate, "alpha": recipe.model.alpha}
             if diagnostics:
                 cache = d / "diagnostics.json"
-                if _cached_rho(cache) != SHARPNESS_RHO:
+                if _cache_key(cache) != (SHARPNESS_RHO, DIAGNOSTICS_VERSION):
                     train, test = load_dataset(recipe.data, progress=False)
                     # one radius for every method, so that sharpness compares across methods
                     diag = diagnose(model, train, test, SHARPNESS_RHO, recipe.training.loss_scale)
-                    atomic_write_text(cache, json.dumps({"sharpness_rho": SHARPNESS_RHO, **diag}) + "\n")
+                    atomic_write_text(cache, json.dumps({"sharpness_rho": SHARPNESS_RHO, "version": DIAGNOSTICS_VERSION, **diag}) + "\n")
                 run["diagnostics"] = json.loads(cache.read_text())
             runs.append(run)
         if runs:
@@ -211,6 +212,38 @@ def family_figure(points: Dict[str, Dict[float, List[float]]], path: Path, title
     return _save(fig, path)
 
 
+def _margin_figure(methods: Dict[str, List[dict]], path: Path) -> Path:
+    """Margin densities per method in surrogate and hard mode, with the band |v' - θ| < 1/α
+    (the hard sigmoid's support) and the fence-sitter band shaded, and the per-layer fractions
+    below / inside / above the band in the legend."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.6), sharey=True)
+    for ax, key, mode in ((axes[0], "margins_surrogate", "surrogate-forward"), (axes[1], "margins", "hard spikes")):
+        half = None
+        for name, runs in methods.items():
+            d = [r["diagnostics"][key] for r in runs]
+            edges = np.asarray(d[0]["edges"])
+            dens = np.mean([x["density"] for x in d], axis=0)
+            layers = len(d[0]["band_per_layer"])
+            split = " | ".join(
+                "L{}: {:.0f}/{:.0f}/{:.0f}".format(i + 1, *(100 * np.mean([x["band_per_layer"][i][k] for x in d])
+                                                            for k in ("below", "inside", "above")))
+                for i in range(layers))
+            ax.step(edges[:-1], dens, where="post", label=f"{name} (% below/in/above band: {split})")
+            half = d[0]["band_half_width_margin"]
+        ax.axvspan(-half, half, color="gray", alpha=0.12, label="band |v'−θ| < 1/α (hard sigmoid's support)")
+        ax.axvspan(-0.1, 0.1, color="red", alpha=0.15, label="fence-sitters (|v'−θ|/θ < 0.1)")
+        ax.set_yscale("log")
+        ax.set_xlabel("membrane margin (v' − θ) / θ, all layers and steps (clipped to ±3)")
+        ax.set_title(f"Membrane margins on test data, {mode}")
+        ax.legend(fontsize=6.5, loc="upper left")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("fraction of neuron-steps per bin")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
 def figures(data: Dict[str, object], rows: List[Dict[str, object]], out: Path) -> List[Path]:
     import matplotlib
 
@@ -260,25 +293,10 @@ def figures(data: Dict[str, object], rows: List[Dict[str, object]], out: Path) -
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     paths.append(_save(fig, out / "accuracy_by_mode.png"))
-    # 3. membrane margins, baseline vs the SAST with the smallest mean gap
+    # 3. membrane margins, baseline vs the SAST with the smallest mean gap, in both modes
     best = min(sast, key=lambda s: np.mean([r["metrics"]["transfer_gap_pp"] for r in methods[s[1]]]))[1] if sast else None
     if "baseline" in methods and best and all("diagnostics" in r for r in methods["baseline"] + methods[best]):
-        fig, ax = plt.subplots(figsize=(7, 4))
-        for name in ("baseline", best):
-            d = [r["diagnostics"]["margins"] for r in methods[name]]
-            edges = np.asarray(d[0]["edges"])
-            dens = np.mean([x["density"] for x in d], axis=0)
-            fs = np.mean([x["fence_sitter_fraction"] for x in d])
-            ax.step(edges[:-1], dens, where="post", label=f"{name}: {100 * fs:.2f} % within ±10 % of θ")
-        ax.axvspan(-0.1, 0.1, color="red", alpha=0.15, label="fence-sitters (|v'−θ|/θ < 0.1)")
-        ax.set_yscale("log")
-        ax.set_xlabel("membrane margin (v' − θ) / θ, all layers and steps, hard mode (clipped to ±3)")
-        ax.set_ylabel("fraction of neuron-steps per bin")
-        ax.set_title("Membrane margins on test data")
-        ax.legend(fontsize=8)
-        ax.grid(alpha=0.3)
-        fig.tight_layout()
-        paths.append(_save(fig, out / "membrane_margins.png"))
+        paths.append(_margin_figure({n: methods[n] for n in ("baseline", best)}, out / "membrane_margins.png"))
     # 4. training curves
     fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
     for ax, key, label in ((axes[0], "surrogate_accuracy", "surrogate-forward"), (axes[1], "hard_accuracy", "hard spikes")):

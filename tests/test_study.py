@@ -102,3 +102,19 @@ def test_bad_study_files_are_named(tmp_path):
     bad.write_text('[[method]]\nname = "x"\n')
     with pytest.raises(RecipeError, match="missing key 'base'"):
         load_study(bad)
+
+
+def test_demo_shows_its_recipe_with_the_arctan_regime_beside_it(tmp_path, small_data, capsys):
+    (tmp_path / "main.toml").write_text(BASE.replace('name = "tiny"', 'name = "light"').replace(
+        "alpha = 1.0", 'alpha = 0.5\nsurrogate = "hardsigmoid"'))
+    (tmp_path / "beside.toml").write_text(BASE.replace('name = "tiny"', 'name = "heavy"'))
+    out = tmp_path / "demo"
+    assert main(["demo", "--config", str(tmp_path / "main.toml"), "--beside", str(tmp_path / "beside.toml"),
+                 "--lava-samples", "0", "--out", str(out)]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| light") or line.startswith("| heavy")]
+    assert [r.split("|")[1].strip() for r in rows] == [
+        "light: hardsigmoid σ, α = 0.5, baseline", "light: hardsigmoid σ, α = 0.5, SAST ρ = 0.05",
+        "heavy: arctan σ, α = 1, baseline", "heavy: arctan σ, α = 1, SAST ρ = 0.05"]
+    assert all((out / name / opt / "metrics.json").exists() for name in ("light", "heavy") for opt in ("baseline", "sast"))
+    assert main(["demo", "--config", str(tmp_path / "main.toml"), "--beside", "", "--lava-samples", "0", "--out", str(out)]) == 0
+    assert "heavy" not in capsys.readouterr().out
