@@ -21,6 +21,7 @@ from typing import Callable, Dict, List, Sequence, Tuple
 import numpy as np
 
 from .data import FrameDataset, load_dataset
+from .lock import run_lock
 from .model import SpikingNet, build_model
 from .train import evaluate, load_run, save_run
 
@@ -106,7 +107,12 @@ def calibrate_thresholds(model: SpikingNet, calib: FrameDataset, passes: int = 2
 
 
 def calibrate_run(run_dir: str | Path, out_dir: str | Path, fraction: float = 0.1, progress: bool = True) -> Dict[str, object]:
-    """Calibrate a trained run's thresholds into a new run directory."""
+    """Calibrate a trained run's thresholds into a new run directory (locked meanwhile)."""
+    with run_lock(out_dir, "calibrate"):
+        return _calibrate_run(run_dir, Path(out_dir), fraction, progress)
+
+
+def _calibrate_run(run_dir: str | Path, out_dir: Path, fraction: float, progress: bool) -> Dict[str, object]:
     model, recipe, metrics = load_run(run_dir)
     train, test = load_dataset(recipe.data, progress=progress)
     calib = calibration_split(train, fraction, seed=recipe.training.seed)

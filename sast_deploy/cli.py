@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from pathlib import Path
@@ -21,7 +22,9 @@ from typing import List, Optional
 
 import numpy as np
 
+from .errors import EXIT_BAD_INPUT, EXIT_SIGINT, EXIT_SIGTERM, SastDeployError, Terminated, one_line
 from .quantize import QuantizationError
+from .signals import terminate_raises
 
 RECIPES_DIR = Path(__file__).resolve().parent.parent / "train"
 DEMO_RECIPE = "demo.toml"
@@ -50,8 +53,6 @@ def cmd_train(args) -> int:
 
 def _is_rank_zero() -> bool:
     """Under torchrun only rank 0 prints results (every rank computes them)."""
-    import os
-
     return int(os.environ.get("RANK", "0")) == 0
 
 
@@ -356,21 +357,40 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    from .config import RecipeError
-    from .data import DataError
-    from .export import NetxFormatError
-    from .simulate import SimulationError
-    from .train import RunError
-
+    """Run one command; bad input is one line on stderr and exit code 2, SIGINT exits 130 and
+    SIGTERM 143 (after Lava runtimes are stopped and locks released)."""
     args = build_parser().parse_args(argv)
+    prefix = f"sast-deploy {args.command}"
     try:
-        return args.func(args)
-    except (RecipeError, DataError, RunError, NetxFormatError, QuantizationError, SimulationError, FileNotFoundError) as exc:
-        print(f"sast-deploy {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+        with terminate_raises():
+            code = args.func(args)
+            sys.stdout.flush()  # a closed pipe shows here, not in Python's flush at exit
+            return code
+    except SastDeployError as exc:
+        return _fail(prefix, one_line(str(exc)), EXIT_BAD_INPUT)
+    except BrokenPipeError:
+        # the reader went away (`sast-deploy ... | head`): no traceback, and no second error
+        # when Python flushes stdout at exit (https://docs.python.org/3/library/signal.html#note-on-sigpipe)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
+    except OSError as exc:  # a path the user gave cannot be read or written
+        where = f"{exc.filename}: " if exc.filename else ""
+        return _fail(prefix, f"{where}{exc.strerror or exc}", EXIT_BAD_INPUT)
     except KeyboardInterrupt:
-        print(f"sast-deploy {args.command}: interrupted (rerun the same command to resume)", file=sys.stderr)
-        return 130
+        return _fail(prefix, "interrupted (rerun the same command to resume)", EXIT_SIGINT)
+    except Terminated:
+        return _fail(prefix, "terminated (rerun the same command to resume)", EXIT_SIGTERM)
+
+
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what a shell reports for a writer whose reader closed
+
+
+def _fail(prefix: str, message: str, code: int) -> int:
+    try:
+        print(f"{prefix}: error: {message}" if code == EXIT_BAD_INPUT else f"{prefix}: {message}", file=sys.stderr)
+    except OSError:
+        pass  # stderr itself is gone; the exit code still tells
+    return code
 
 
 if __name__ == "__main__":

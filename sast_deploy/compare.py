@@ -8,6 +8,7 @@ Accuracies are percent; gaps are percentage points:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -20,17 +21,21 @@ import torch
 from .data import FrameDataset, load_dataset
 from .export import read_netx, write_netx
 from .fileio import atomic_write_text
+from .lock import run_lock
 from .model import predict
 from .quantize import Emulation, Loihi2Spec, QuantizedNet, emulate, quantize
 from .simulate import simulate_lava
-from .train import RunError, accuracy_pct, distributed_context, load_run, output_counts
+from .train import RunError, accuracy_pct, distributed_context, is_rank_zero, load_run, output_counts
 
 DEFAULT_SPEC = Path(__file__).resolve().parent.parent / "export" / "loihi2.toml"
 
 
 def load_spec(path: Optional[str | Path] = None) -> Loihi2Spec:
-    path = Path(path) if path else DEFAULT_SPEC
-    return Loihi2Spec.from_toml(path) if path.is_file() else Loihi2Spec()
+    """The target spec of ``path``; without one, export/loihi2.toml (built-in defaults when that is
+    absent). A named file that does not exist is an error, never silently the default."""
+    if path:
+        return Loihi2Spec.from_toml(path)
+    return Loihi2Spec.from_toml(DEFAULT_SPEC) if DEFAULT_SPEC.is_file() else Loihi2Spec()
 
 
 def export_run(run_dir: str | Path, out: Optional[str | Path] = None, spec: Optional[Loihi2Spec] = None) -> Dict[str, object]:
@@ -61,8 +66,16 @@ def precision_suffix(spec: Loihi2Spec) -> str:
 
 def compare_run(run_dir: str | Path, samples: int = 500, progress: bool = True, spec: Optional[Loihi2Spec] = None,
                 copies: int = 1) -> Dict[str, object]:
-    """Writes RUN_DIR/compare.json and compare.md (compare-w4.json etc. below 8 weight bits)."""
+    """Writes RUN_DIR/compare.json and compare.md (compare-w4.json etc. below 8 weight bits).
+    The run directory is locked meanwhile (rank 0 holds the lock under torchrun)."""
     run_dir = Path(run_dir)
+    if not (run_dir / "model.pt").is_file():
+        load_run(run_dir)  # the error that names what is missing, before a lock creates anything
+    with run_lock(run_dir, "compare") if is_rank_zero() else contextlib.nullcontext():
+        return _compare_run(run_dir, samples, progress, spec, copies)
+
+
+def _compare_run(run_dir: Path, samples: int, progress: bool, spec: Optional[Loihi2Spec], copies: int) -> Dict[str, object]:
     spec = spec or load_spec()
     # Under torchrun the process group is created only after Lava has run: Lava forks its
     # process models, and forking a process that already runs gloo's threads is unsafe.
@@ -72,7 +85,7 @@ def compare_run(run_dir: str | Path, samples: int = 500, progress: bool = True, 
     net_path = run_dir / f"net{suffix}.h5"
     if not net_path.exists() or net_path.stat().st_mtime < (run_dir / "model.pt").stat().st_mtime:
         export_run(run_dir, net_path, spec)  # on every rank: the export is deterministic and written atomically
-    qnet = read_netx(net_path)
+    qnet = read_netx(net_path, spec)
     _, test = load_dataset(recipe.data, progress=progress)
     check_input(qnet, test, net_path)
     labels = test.labels

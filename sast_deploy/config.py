@@ -8,13 +8,15 @@ A recipe has four sections::
     [optimizer]   # OptimConfig (sast | sam | baseline | ste, lr, rho)
     [training]    # TrainConfig (epochs, batch_size, seed, ...)
 
-Unknown keys are errors that name the file and the key; ``--set section.key=value``
-overrides any field (values are TOML literals: ``--set model.hidden=[256]``).
+Recipes are validated by :mod:`sast_deploy.validation` (strict types, no unknown keys, finite
+numbers; errors name the file and the field); ``--set section.key=value`` overrides any
+field (values are TOML literals: ``--set model.hidden=[256]``).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Mapping, Sequence
@@ -25,15 +27,19 @@ except ModuleNotFoundError:  # Python 3.10, the version Lava requires
     import tomli as tomllib
 
 from .data import DataConfig
+from .errors import SastDeployError
 from .model import ModelConfig
+from .validation import file_data, validated
 
 OPTIMIZERS = ("sast", "sam", "baseline", "ste")
+FLOAT32_MAX = 3.4028234663852886e38  # torch trains in float32: larger settings overflow in the optimizer
 
 
-class RecipeError(ValueError):
+class RecipeError(SastDeployError, ValueError):
     """A recipe is malformed; the message names the file and the field."""
 
 
+@file_data
 @dataclass(frozen=True)
 class OptimConfig:
     """``sast``: SAM on the surrogate-forward loss with independent B, B'; ``sam``: B' = B;
@@ -51,10 +57,10 @@ class OptimConfig:
     def __post_init__(self):
         if self.name not in OPTIMIZERS:
             raise ValueError(f"optimizer.name: unknown optimizer {self.name!r}; known: {', '.join(OPTIMIZERS)}")
-        if self.lr <= 0:
-            raise ValueError(f"optimizer.lr must be > 0, got {self.lr}")
-        if self.rho < 0:
-            raise ValueError(f"optimizer.rho must be >= 0, got {self.rho}")
+        if not 0 < self.lr <= FLOAT32_MAX:
+            raise ValueError(f"optimizer.lr must be > 0 and a float32 (<= {FLOAT32_MAX:.3g}), got {self.lr}")
+        if not 0 <= self.rho <= FLOAT32_MAX:
+            raise ValueError(f"optimizer.rho must be >= 0 and a float32 (<= {FLOAT32_MAX:.3g}), got {self.rho}")
         if self.perturb_every < 1:
             raise ValueError(f"optimizer.perturb_every must be >= 1, got {self.perturb_every}")
 
@@ -68,6 +74,7 @@ class OptimConfig:
         return self.name in ("sast", "sam")
 
 
+@file_data
 @dataclass(frozen=True)
 class TrainConfig:
     epochs: int = 10
@@ -80,12 +87,15 @@ class TrainConfig:
     def __post_init__(self):
         if self.epochs < 1:
             raise ValueError(f"training.epochs must be >= 1, got {self.epochs}")
+        if not abs(self.loss_scale) <= FLOAT32_MAX:
+            raise ValueError(f"training.loss_scale must be a float32 (|x| <= {FLOAT32_MAX:.3g}), got {self.loss_scale}")
         if self.batch_size < 1:
             raise ValueError(f"training.batch_size must be >= 1, got {self.batch_size}")
         if self.device not in ("cpu", "cuda", "auto"):
             raise ValueError(f"training.device must be cpu, cuda or auto, got {self.device!r}")
 
 
+@file_data
 @dataclass(frozen=True)
 class Recipe:
     name: str = "recipe"
@@ -98,41 +108,17 @@ class Recipe:
         return dataclasses.asdict(self)
 
 
-_SECTIONS = {"data": DataConfig, "model": ModelConfig, "optimizer": OptimConfig, "training": TrainConfig}
-
-
 def recipe_from_dict(raw: Mapping[str, Any], source: str = "<recipe>") -> Recipe:
     """Validate a parsed recipe; every error names ``source`` and the offending field."""
-    unknown = set(raw) - set(_SECTIONS) - {"name"}
-    if unknown:
-        raise RecipeError(f"{source}: unknown top-level key(s) {sorted(unknown)}; known: name, {', '.join(_SECTIONS)}")
-    parts: Dict[str, Any] = {"name": str(raw.get("name", Path(source).stem))}
-    for section, cls in _SECTIONS.items():
-        values = raw.get(section, {})
-        if not isinstance(values, Mapping):
-            raise RecipeError(f"{source}: [{section}] must be a table, got {type(values).__name__}")
-        known = {f.name: f for f in dataclasses.fields(cls)}
-        bad = set(values) - set(known)
-        if bad:
-            raise RecipeError(f"{source}: unknown key(s) {sorted(f'{section}.{k}' for k in bad)}; known: {sorted(known)}")
-        for key, value in values.items():
-            default = known[key].default if known[key].default is not dataclasses.MISSING else None
-            if isinstance(default, bool) and not isinstance(value, bool):
-                raise RecipeError(f"{source}: {section}.{key} must be true or false, got {value!r}")
-            if isinstance(default, (int, float)) and not isinstance(default, bool) and not isinstance(value, (int, float)):
-                raise RecipeError(f"{source}: {section}.{key} must be a number, got {value!r}")
-            if isinstance(default, str) and not isinstance(value, str):
-                raise RecipeError(f"{source}: {section}.{key} must be a string, got {value!r}")
-        try:
-            kwargs = dict(values)
-            for key, value in kwargs.items():
-                default = known[key].default
-                if isinstance(default, float) and isinstance(value, int):
-                    kwargs[key] = float(value)
-            parts[section] = cls(**kwargs)
-        except (TypeError, ValueError) as exc:
-            raise RecipeError(f"{source}: {exc}") from exc
-    return Recipe(**parts)
+    if not isinstance(raw, Mapping):
+        raise RecipeError(f"{source}: a recipe must be a table, got {type(raw).__name__}")
+    raw = {"name": Path(source).stem, **raw}
+    return validated(Recipe, raw, source, RecipeError)
+
+
+def canonical(recipe: Recipe) -> str:
+    """The recipe as sorted JSON: equal for equal recipes however they were read (tuples or lists)."""
+    return json.dumps(recipe.to_dict(), sort_keys=True)
 
 
 def _parse_value(text: str) -> Any:

@@ -25,9 +25,11 @@ from typing import Dict, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
+from .errors import SastDeployError
 from .fileio import atomic_save_npz
 from .synthetic import EventSplit, SyntheticNMNISTConfig, generate_synthetic_nmnist
 from .synthetic_gesture import SyntheticGestureConfig, generate_synthetic_gesture
+from .validation import file_data, validated
 
 DATASETS = ("synthetic-nmnist", "synthetic-gesture", "nmnist", "dvsgesture")
 N_CLASSES = {"synthetic-nmnist": 10, "synthetic-gesture": 11, "nmnist": 10, "dvsgesture": 11}
@@ -40,7 +42,7 @@ SYNTHETIC = {
 }
 
 
-class DataError(ValueError):
+class DataError(SastDeployError, ValueError):
     """A dataset could not be found or read; the message names the path or field."""
 
 
@@ -55,6 +57,7 @@ class Binarize:
         return (frames > 0).astype(np.uint8)
 
 
+@file_data
 @dataclass(frozen=True)
 class DataConfig:
     """The data section of a recipe. Times in microseconds (us)."""
@@ -79,20 +82,13 @@ class DataConfig:
         if self.synthetic and self.name not in SYNTHETIC:
             raise DataError(f"data.synthetic: only the generated datasets ({', '.join(SYNTHETIC)}) take it, not {self.name!r}")
         if self.name in SYNTHETIC:
-            known = {f.name for f in dataclasses.fields(SYNTHETIC[self.name][0])}
-            unknown = set(self.synthetic) - known
-            if unknown:
-                raise DataError(f"data.synthetic: unknown field(s) {sorted(unknown)} for {self.name}; known: {sorted(known)}")
-            try:
-                self.synthetic_config()
-            except (TypeError, ValueError) as exc:
-                raise DataError(f"data.synthetic: {exc}") from exc
+            self.synthetic_config()
 
     def synthetic_config(self):
         """The generator's parameters (:class:`SyntheticNMNISTConfig` or :class:`SyntheticGestureConfig`)."""
         if self.name not in SYNTHETIC:
             raise DataError(f"{self.name!r} is not a generated dataset")
-        return SYNTHETIC[self.name][0](**self.synthetic)
+        return validated(SYNTHETIC[self.name][0], dict(self.synthetic), "", DataError, prefix="data.synthetic")
 
     def frame_sensor_size(self) -> Tuple[int, int, int]:
         w, h, p = SENSOR_SIZE[self.name]

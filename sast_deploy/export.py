@@ -19,13 +19,17 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Dict
+from typing import TYPE_CHECKING, Dict, Optional, Tuple
 
 import h5py
 import numpy as np
 
+from .errors import SastDeployError
 from .fileio import atomic_write_bytes
 from .quantize import QuantizedNet
+
+if TYPE_CHECKING:
+    from .quantize import Loihi2Spec
 
 FORMAT_TAG = "sast-deploy netx v1"
 
@@ -80,14 +84,40 @@ def write_netx(qnet: QuantizedNet, path: str | Path, metadata: Dict[str, object]
     return path
 
 
-class NetxFormatError(ValueError):
+class NetxFormatError(SastDeployError, ValueError):
     """An HDF5 network is missing a field or holds a malformed one; names file and field."""
 
 
 def _field(group: h5py.Group, key: str, path: Path):
     if key not in group:
         raise NetxFormatError(f"{path}: missing field {group.name}/{key}")
+    if not isinstance(group[key], h5py.Dataset):
+        raise NetxFormatError(f"{path}: field {group.name}/{key} must be a dataset, not a group")
     return group[key][()]
+
+
+def _group(parent: h5py.Group, key: str, path: Path) -> h5py.Group:
+    if key not in parent:
+        raise NetxFormatError(f"{path}: missing group {parent.name.rstrip('/')}/{key}")
+    if not isinstance(parent[key], h5py.Group):
+        raise NetxFormatError(f"{path}: {parent.name.rstrip('/')}/{key} must be a group, not a dataset")
+    return parent[key]
+
+
+def _read_string(group: h5py.Group, key: str, path: Path) -> str:
+    """A string field as write_netx stores it (one fixed-length byte string)."""
+    value = np.asarray(_field(group, key, path))
+    if value.dtype.kind not in "SO" or value.size != 1 or not isinstance(value.reshape(-1)[0], (bytes, str)):
+        raise NetxFormatError(f"{path}: field {group.name}/{key} must be a string, got {value.dtype} {value.tolist()!r}"[:300])
+    text = value.reshape(-1)[0]
+    return text.decode(errors="replace") if isinstance(text, bytes) else text
+
+
+def _int_scalar(group: h5py.Group, key: str, path: Path) -> int:
+    value = _int_array(group, key, path)
+    if value.size != 1:
+        raise NetxFormatError(f"{path}: field {group.name}/{key} must be one integer, got shape {value.shape}")
+    return int(value.reshape(-1)[0])
 
 
 def _int_array(group: h5py.Group, key: str, path: Path) -> np.ndarray:
@@ -102,11 +132,32 @@ def _int_array(group: h5py.Group, key: str, path: Path) -> np.ndarray:
     return value.astype(np.int64)
 
 
-def read_netx(path: str | Path) -> QuantizedNet:
+def _pair(group: h5py.Group, key: str, path: Path) -> Tuple[int, int]:
+    value = _int_array(group, key, path)
+    if value.size not in (1, 2):
+        raise NetxFormatError(f"{path}: field {group.name}/{key} must hold 1 or 2 integers, got shape {value.shape}")
+    return tuple(int(s) for s in np.broadcast_to(value.reshape(-1), (2,)))
+
+
+def _input_shape(f: h5py.File, shape: Tuple[int, ...], path: Path) -> Tuple[int, ...]:
+    """The (C, H, W) input shape from the file's metadata, else /layer/0/shape."""
+    try:
+        meta = json.loads(f.attrs.get("metadata", "{}"))
+        value = tuple(meta.get("input_shape", shape)) if isinstance(meta, dict) else None
+    except (TypeError, ValueError):
+        value = None
+    if not value or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in value):
+        raise NetxFormatError(f"{path}: attribute metadata must be JSON with input_shape a list of positive sizes")
+    return value
+
+
+def read_netx(path: str | Path, spec: Optional["Loihi2Spec"] = None) -> QuantizedNet:
     """Read a netx HDF5 network (as written by :func:`write_netx`) back into a QuantizedNet,
-    validating every field the Lava graph and the emulator need."""
+    validating every field the Lava graph and the emulator need, and that every integer fits
+    the target ``spec`` (default: Loihi 2, 8-bit signed weight mantissas, 17-bit thresholds)."""
     from .quantize import Loihi2Spec, QuantizedLayer
 
+    spec = spec or Loihi2Spec()
     path = Path(path)
     if not path.is_file():
         raise NetxFormatError(f"{path}: network file not found")
@@ -115,22 +166,21 @@ def read_netx(path: str | Path) -> QuantizedNet:
     except OSError as exc:
         raise NetxFormatError(f"{path}: not an HDF5 file ({exc})") from exc
     with f:
-        if "layer" not in f:
-            raise NetxFormatError(f"{path}: missing group /layer")
-        groups = f["layer"]
+        groups = _group(f, "layer", path)
         keys = sorted(groups.keys(), key=lambda k: int(k) if k.isdigit() else -1)
         if not keys or keys[0] != "0":
             raise NetxFormatError(f"{path}: /layer must hold groups 0, 1, ... (found {keys})")
-        first = groups["0"]
-        if _field(first, "type", path)[0].decode() != "input":
+        first = _group(groups, "0", path)
+        if _read_string(first, "type", path) != "input":
             raise NetxFormatError(f"{path}: /layer/0/type must be 'input'")
         shape = tuple(int(s) for s in _int_array(first, "shape", path))
-        meta = json.loads(f.attrs.get("metadata", "{}"))
-        input_shape = tuple(meta.get("input_shape", shape))
+        if not shape or min(shape) < 1:
+            raise NetxFormatError(f"{path}: /layer/0/shape must hold positive sizes, got {shape}")
+        input_shape = _input_shape(f, shape, path)
         layers = []
         for k in keys[1:]:
-            g = groups[k]
-            kind = _field(g, "type", path)[0].decode()
+            g = _group(groups, k, path)
+            kind = _read_string(g, "type", path)
             if kind == "flatten":
                 shape = (int(np.prod(shape)),)
                 continue
@@ -140,14 +190,18 @@ def read_netx(path: str | Path) -> QuantizedNet:
             out_shape = tuple(int(s) for s in _int_array(g, "shape", path))
             if not np.any(weight):
                 raise NetxFormatError(f"{path}: {g.name}/weight is all zero (netx cannot load such a layer)")
+            lo, hi = -spec.weight_max - 1, spec.weight_max
+            if weight.min() < lo or weight.max() > hi:
+                raise NetxFormatError(f"{path}: {g.name}/weight holds {int(weight.min())}..{int(weight.max())}; the target "
+                                      f"{spec.name} holds {spec.weight_bits}-bit signed mantissas, {lo}..{hi}")
             if "neuron" not in g:
                 raise NetxFormatError(f"{path}: missing group {g.name}/neuron (netx would give it an unreachable threshold)")
-            n = g["neuron"]
-            ntype = _field(n, "type", path)[0].decode()
+            n = _group(g, "neuron", path)
+            ntype = _read_string(n, "type", path)
             if ntype not in ("CUBA", "LOIHI"):
                 raise NetxFormatError(f"{path}: {n.name}/type {ntype!r} is not a CUBA neuron")
-            i_decay, v_decay, vth = (int(_int_array(n, key, path)) for key in ("iDecay", "vDecay", "vThMant"))
-            for key, value, hi in (("iDecay", i_decay, 4096), ("vDecay", v_decay, 4096), ("vThMant", vth, (1 << 17) - 1)):
+            i_decay, v_decay, vth = (_int_scalar(n, key, path) for key in ("iDecay", "vDecay", "vThMant"))
+            for key, value, hi in (("iDecay", i_decay, 4096), ("vDecay", v_decay, 4096), ("vThMant", vth, spec.vth_max)):
                 if not 0 <= value <= hi:
                     raise NetxFormatError(f"{path}: {n.name}/{key} = {value} is outside 0..{hi}")
             if kind == "dense":
@@ -158,9 +212,11 @@ def read_netx(path: str | Path) -> QuantizedNet:
             else:
                 if weight.ndim != 4:
                     raise NetxFormatError(f"{path}: {g.name}/weight must be [out, in/groups, kH, kW], got shape {weight.shape}")
-                stride = tuple(int(s) for s in np.broadcast_to(_int_array(g, "stride", path), (2,)))
-                padding = tuple(int(s) for s in np.broadcast_to(_int_array(g, "padding", path), (2,)))
-                groups_n = int(_int_array(g, "groups", path))
+                stride, padding = (_pair(g, key, path) for key in ("stride", "padding"))
+                groups_n = _int_scalar(g, "groups", path)
+                if min(stride) < 1 or min(padding) < 0 or groups_n < 1 or len(shape) != 3 or shape[0] % groups_n:
+                    raise NetxFormatError(f"{path}: {g.name}: stride {stride}, padding {padding} or groups {groups_n} "
+                                          f"do not fit an input of shape {shape}")
                 layers.append(QuantizedLayer(str(g.attrs.get("sast_kind", "conv")), weight, vth, v_decay, i_decay,
                                              float(g.attrs.get("scale", 1.0)), tuple(shape), out_shape,
                                              stride=stride, padding=padding, groups=groups_n))
@@ -168,4 +224,6 @@ def read_netx(path: str | Path) -> QuantizedNet:
         if not layers:
             raise NetxFormatError(f"{path}: no dense or conv layer")
     n_classes = int(np.prod(layers[-1].out_shape))
+    if int(np.prod(input_shape)) != int(np.prod(layers[0].in_shape)):
+        raise NetxFormatError(f"{path}: metadata input_shape {input_shape} does not match /layer/0/shape {layers[0].in_shape}")
     return QuantizedNet(layers, input_shape, n_classes, Loihi2Spec())

@@ -3,13 +3,16 @@ interrupted command never leaves a half-written model, cache or report behind.""
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import torch
+
+from .errors import RunError
 
 
 def atomic_write_bytes(path: Path, write: Callable[[str], None]) -> None:
@@ -26,6 +29,17 @@ def atomic_write_bytes(path: Path, write: Callable[[str], None]) -> None:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def read_json(path: Path, what: str) -> Any:
+    """The parsed JSON file ``path``; a missing or malformed one is a RunError naming it."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise RunError(f"{path}: {what} not found") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise RunError(f"{path}: not a readable {what} ({exc})") from None
 
 
 def atomic_torch_save(obj, path: Path) -> None:

@@ -21,13 +21,14 @@ from typing import Dict, List, Tuple
 
 import numpy as np
 
+from .errors import SastDeployError
 from .fileio import atomic_write_bytes
-from .model import SpikingNet
+from .model import SpikingNet, non_finite_parameters
 from .quantize import QuantizedNet, netx_dense_weights
 from .functional.lif import LOIHI_ACT_SHIFT, LOIHI_DECAY_UNITY, LOIHI_STATE_BITS
 
 
-class InterchangeError(ValueError):
+class InterchangeError(SastDeployError, ValueError):
     """The network cannot be written in the requested format; names the layer and field."""
 
 
@@ -38,6 +39,9 @@ def to_nir(model: SpikingNet, dt: float = 1e-3):
     """The float network as a ``nir.NIRGraph`` (see the module docstring for the mapping)."""
     import nir
 
+    bad = non_finite_parameters(model)
+    if bad:
+        raise InterchangeError(f"non-finite weights in {', '.join(bad)}: a diverged network cannot be exported")
     nodes: Dict[str, object] = {"input": nir.Input(input_type=np.array(model.input_shape))}
     edges: List[Tuple[str, str]] = []
     prev = "input"

@@ -17,10 +17,12 @@ import torch.nn.functional as F
 from norse.torch.module.snn import SNN
 
 from .functional.lif import SPIKE_MODES, SURROGATES, LIFState, lif_parameters, lif_step
+from .validation import file_data
 
 ARCHS = ("mlp", "conv")
 
 
+@file_data
 @dataclass(frozen=True)
 class ModelConfig:
     """The model section of a recipe. ``beta`` is the membrane decay per time bin."""
@@ -190,6 +192,11 @@ class SpikingNet(torch.nn.Module):
 
 def build_model(config: ModelConfig, input_shape: Sequence[int], n_classes: int) -> SpikingNet:
     return SpikingNet(config, input_shape, n_classes)
+
+
+def non_finite_parameters(model: torch.nn.Module) -> List[str]:
+    """Names of the parameters that hold NaN or inf (an exported network must have none)."""
+    return [name for name, p in model.named_parameters() if not bool(torch.isfinite(p).all())]
 
 
 def spike_counts(output_spikes: torch.Tensor) -> torch.Tensor:

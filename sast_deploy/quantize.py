@@ -26,15 +26,18 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .errors import SastDeployError
 from .functional.lif import LOIHI_STATE_BITS, decay_to_fixed_point, lif_step_fixed_point
-from .model import SpikingNet
+from .model import SpikingNet, non_finite_parameters
+from .validation import file_data, validated
 
 
 
-class QuantizationError(ValueError):
+class QuantizationError(SastDeployError, ValueError):
     """The network cannot be represented on the target; the message names the layer and field."""
 
 
+@file_data
 @dataclass(frozen=True)
 class Loihi2Spec:
     """A Loihi 2 export target (``export/loihi2.toml``)."""
@@ -45,20 +48,19 @@ class Loihi2Spec:
     state_bits: int = 24  # signed u and v
     i_decay: int = 4096  # netx iDecay: 4096 = no synaptic current
 
+    def __post_init__(self):
+        if not 2 <= self.weight_bits <= 8:
+            raise QuantizationError(f"weight_bits must be in 2..8, got {self.weight_bits}")
+        if not 1 <= self.vth_bits <= 24 or not 2 <= self.state_bits <= 32:
+            raise QuantizationError(f"vth_bits must be in 1..24 and state_bits in 2..32, got {self.vth_bits}, {self.state_bits}")
+        if not 0 <= self.i_decay <= 4096:
+            raise QuantizationError(f"i_decay must be in 0..4096, got {self.i_decay}")
+
     @classmethod
     def from_toml(cls, path: str | Path) -> "Loihi2Spec":
         from .config import read_toml
 
-        path = Path(path)
-        raw = read_toml(path, "target spec")
-        known = {f.name for f in dataclasses.fields(cls)}
-        bad = set(raw) - known
-        if bad:
-            raise QuantizationError(f"{path}: unknown key(s) {sorted(bad)}; known: {sorted(known)}")
-        spec = cls(**raw)
-        if not 2 <= spec.weight_bits <= 8:
-            raise QuantizationError(f"{path}: weight_bits must be in 2..8, got {spec.weight_bits}")
-        return spec
+        return validated(cls, read_toml(path, "target spec"), str(path), QuantizationError)
 
     @property
     def weight_max(self) -> int:
@@ -134,6 +136,9 @@ def _quantize_weights(w: np.ndarray, v_th: float, spec: Loihi2Spec, layer: str) 
 
 def quantize(model: SpikingNet, spec: Loihi2Spec = Loihi2Spec()) -> QuantizedNet:
     """Map every layer of a trained network to Loihi 2 fixed point."""
+    bad = non_finite_parameters(model)
+    if bad:
+        raise QuantizationError(f"non-finite weights in {', '.join(bad)}: a diverged network cannot be exported")
     layers: List[QuantizedLayer] = []
     shape: Tuple[int, ...] = model.input_shape
     for i, layer in enumerate(model.layers):

@@ -6,11 +6,15 @@ from __future__ import annotations
 import json
 import statistics
 from pathlib import Path
-from typing import Dict, List, Sequence
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .fileio import atomic_write_bytes, atomic_write_text
+from .errors import RunError
+from .fileio import atomic_write_bytes, atomic_write_text, read_json
+from .study import Method
+from .validation import file_data, output_data, validated
 
 SHARPNESS_RHO = 0.05  # perturbation norm of the sharpness estimate (weight units), the same for all runs
 DIAGNOSTICS_VERSION = 2  # 2: margins in surrogate mode too, band fractions; older caches are recomputed
@@ -25,14 +29,59 @@ def _ms(values) -> tuple:
     return (statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
+@file_data
+@dataclass(frozen=True)
+class StudyIndex:
+    """study.json, as :func:`sast_deploy.study.run_study` writes it."""
+
+    name: str
+    base: str
+    seeds: Tuple[int, ...]
+    lava_samples: int
+    methods: Tuple[Method, ...]
+
+
+@output_data
+@dataclass(frozen=True)
+class CompareSummary:
+    """The fields of compare.json the report reads (accuracies in percent)."""
+
+    emulator_accuracy: float
+    lava_accuracy: float
+    lava_emulator_agreement: float
+
+
+@output_data
+@dataclass(frozen=True)
+class RunMetrics:
+    """The fields of a run's metrics the report reads (accuracies in percent, times in s)."""
+
+    surrogate_accuracy: float
+    hard_accuracy: float
+    transfer_gap_pp: float
+    train_seconds: float
+    epochs: int
+    history: Tuple[Dict[str, Any], ...]
+
+
+def _cache_key(cache: Path) -> Optional[tuple]:
+    """(radius, version) of cached diagnostics (None: no usable cache, recompute)."""
+    try:
+        value = json.loads(cache.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    return (value.get("sharpness_rho"), value.get("version")) if isinstance(value, dict) else None
+
+
 def collect(study_dir: str | Path, diagnostics: bool = True) -> Dict[str, object]:
     """Per method: the runs' metrics, comparisons and diagnostics (cached in each run)."""
     from .data import load_dataset
     from .diagnostics import diagnose
-    from .train import RunError, load_run
+    from .train import load_run
 
     study_dir = Path(study_dir)
-    index = json.loads((study_dir / "study.json").read_text())
+    index = read_json(study_dir / "study.json", "study index")
+    validated(StudyIndex, index, str(study_dir / "study.json"), RunError)
     methods = {}
     for m in index["methods"]:
         runs = []
@@ -41,13 +90,15 @@ def collect(study_dir: str | Path, diagnostics: bool = True) -> Dict[str, object
             if not (d / "compare.json").exists():
                 continue  # not finished: the report covers what exists
             model, recipe, metrics = load_run(d)
-            run = {"seed": seed, "dir": str(d), "metrics": metrics, "compare": json.loads((d / "compare.json").read_text()),
+            validated(RunMetrics, metrics, str(d / "model.pt"), RunError, prefix="metrics")
+            compared = read_json(d / "compare.json", "comparison")
+            validated(CompareSummary, compared, str(d / "compare.json"), RunError)
+            run = {"seed": seed, "dir": str(d), "metrics": metrics, "compare": compared,
                    "rho": recipe.optimizer.rho, "optimizer": recipe.optimizer.name,
                    "surrogate": recipe.model.surrogate, "alpha": recipe.model.alpha}
             if diagnostics:
                 cache = d / "diagnostics.json"
-                cached = json.loads(cache.read_text()) if cache.exists() else {}
-                if (cached.get("sharpness_rho"), cached.get("version")) != (SHARPNESS_RHO, DIAGNOSTICS_VERSION):
+                if _cache_key(cache) != (SHARPNESS_RHO, DIAGNOSTICS_VERSION):
                     train, test = load_dataset(recipe.data, progress=False)
                     # one radius for every method, so that sharpness compares across methods
                     diag = diagnose(model, train, test, SHARPNESS_RHO, recipe.training.loss_scale)
@@ -279,7 +330,7 @@ def write_report(study_dir: str | Path, out: str | Path, diagnostics: bool = Tru
     """The study's report in ``out``; the runs of the studies in ``also`` join the figure of
     the gap against rho per surrogate family."""
     out = Path(out)
-    data = collect(study_dir, diagnostics)
+    data = collect(study_dir, diagnostics)  # before the output folder exists: a bad study leaves none
     data["also"] = [collect(d, diagnostics=False) for d in also]
     out.mkdir(parents=True, exist_ok=True)
     rows = summarize(data)

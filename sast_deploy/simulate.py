@@ -19,16 +19,20 @@ from typing import Optional
 
 import numpy as np
 
+from .errors import SastDeployError
 from .export import read_netx
+from .lava_runtime import lava_runtime
+from .validation import file_data, validated
 
 
-class SimulationError(ValueError):
+class SimulationError(SastDeployError, ValueError):
     """The simulation cannot run as asked; the message names the file or value."""
 
 
 HARDWARE_DIR = Path(__file__).resolve().parent.parent / "hardware"
 
 
+@file_data
 @dataclass(frozen=True)
 class SimulatorConfig:
     """A run config in ``hardware/`` (default ``hardware/lava-sim.toml``)."""
@@ -37,26 +41,21 @@ class SimulatorConfig:
     select_tag: str = "fixed_pt"
     chunks: int = 20
 
+    def __post_init__(self):
+        if self.select_tag not in ("fixed_pt", "floating_pt"):
+            raise SimulationError(f"select_tag must be fixed_pt or floating_pt, got {self.select_tag!r}")
+        if self.chunks < 1:
+            raise SimulationError(f"chunks must be >= 1, got {self.chunks}")
+
     @classmethod
     def load(cls, path: Optional[str | Path] = None) -> "SimulatorConfig":
-        import dataclasses
-
         from .config import RecipeError, read_toml
 
         default = HARDWARE_DIR / "lava-sim.toml"
         path = Path(path) if path else default
         if path == default and not path.is_file():
             return cls()
-        raw = read_toml(path, "hardware config")
-        bad = set(raw) - {f.name for f in dataclasses.fields(cls)}
-        if bad:
-            raise RecipeError(f"{path}: unknown key(s) {sorted(bad)}")
-        cfg = cls(**raw)
-        if cfg.select_tag not in ("fixed_pt", "floating_pt"):
-            raise RecipeError(f"{path}: select_tag must be fixed_pt or floating_pt, got {cfg.select_tag!r}")
-        if cfg.chunks < 1:
-            raise RecipeError(f"{path}: chunks must be >= 1, got {cfg.chunks}")
-        return cfg
+        return validated(cls, read_toml(path, "hardware config"), str(path), RecipeError)
 
 
 @dataclass
@@ -139,7 +138,8 @@ def _simulate_graph(
     The graph is built and compiled once; the runtime then steps through the samples in up
     to ``chunks`` consecutive ``run()`` calls (whole samples each, so the progress bar moves;
     state carries over between calls exactly as within one call). The runtime is always
-    stopped, also on errors and Ctrl-C. ``hardware`` defaults to ``hardware/lava-sim.toml``.
+    stopped, its workers reaped and its shared memory released: on errors, SIGINT and SIGTERM
+    (:func:`sast_deploy.lava_runtime.lava_runtime`). ``hardware`` defaults to ``hardware/lava-sim.toml``.
     """
     hardware = hardware or SimulatorConfig.load()
     chunks = chunks or hardware.chunks
@@ -168,9 +168,8 @@ def _simulate_graph(
     net.out.connect(sink.a_in)
     run_cfg = Loihi2SimCfg(select_tag=hardware.select_tag)
     per_chunk = max(1, -(-n // max(1, chunks)))
-    try:
-        t0 = time.perf_counter()
-        net.create_runtime(run_cfg=run_cfg)
+    t0 = time.perf_counter()
+    with lava_runtime(net, run_cfg):
         compile_s = time.perf_counter() - t0
         t0 = time.perf_counter()
         with tqdm(total=n * samples_per_window, desc="lava simulator", disable=not progress, unit="sample") as bar:
@@ -182,8 +181,6 @@ def _simulate_graph(
                 bar.update(k * samples_per_window)
         seconds = time.perf_counter() - t0
         out = np.asarray(sink.data.get())
-    finally:
-        net.stop()
     counts = out.reshape(-1, n, r).sum(axis=2).T.astype(np.int64)  # [N, classes]
     return SimulationResult(counts=counts, seconds=seconds, compile_seconds=compile_s, timesteps=n * r,
                             samples=n * samples_per_window)

@@ -27,13 +27,27 @@ from typing import List, Optional, Sequence, Tuple
 
 from .config import RecipeError, load_recipe, read_toml
 from .fileio import atomic_write_text
+from .validation import file_data, validated
 
 
+@file_data
 @dataclass(frozen=True)
 class Method:
     name: str
     set: Tuple[str, ...] = ()
     calibrate: str = ""  # name of the method whose runs are threshold-calibrated
+
+
+@file_data
+@dataclass(frozen=True)
+class StudyFile:
+    """A study TOML file as written (``[[method]]`` tables)."""
+
+    base: str  # the recipe the methods modify
+    name: str = ""
+    seeds: Tuple[int, ...] = (0, 1, 2)
+    lava_samples: int = 200
+    method: Tuple[Method, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -47,30 +61,22 @@ class Study:
 
 def load_study(path: str | Path) -> Study:
     path = Path(path)
-    raw = read_toml(path, "study")
-    bad = set(raw) - {"name", "base", "seeds", "lava_samples", "method"}
-    if bad:
-        raise RecipeError(f"{path}: unknown key(s) {sorted(bad)}")
-    if "base" not in raw:
-        raise RecipeError(f"{path}: missing key 'base' (the recipe the methods modify)")
-    base = Path(raw["base"])
+    raw = validated(StudyFile, read_toml(path, "study"), str(path), RecipeError)
+    base = Path(raw.base)
     if not base.is_file():
-        base = path.parent / raw["base"]
-    methods = []
-    for i, m in enumerate(raw.get("method", [])):
-        extra = set(m) - {"name", "set", "calibrate"}
-        if extra or "name" not in m:
-            raise RecipeError(f"{path}: method {i}: needs 'name' and only 'set' or 'calibrate' (got {sorted(m)})")
-        methods.append(Method(m["name"], tuple(m.get("set", ())), m.get("calibrate", "")))
+        base = path.parent / raw.base
+    methods = raw.method
     names = [m.name for m in methods]
     if len(set(names)) != len(names) or not names:
         raise RecipeError(f"{path}: method names must be unique and at least one is needed, got {names}")
     for m in methods:
         if m.calibrate and m.calibrate not in names[: names.index(m.name)]:
             raise RecipeError(f"{path}: method {m.name!r} calibrates {m.calibrate!r}, which must be listed before it")
-        load_recipe(base, list(m.set))  # validate every override now, not an hour into the study
-    return Study(raw.get("name", path.stem), base, tuple(int(s) for s in raw.get("seeds", (0, 1, 2))),
-                 int(raw.get("lava_samples", 200)), tuple(methods))
+        try:
+            load_recipe(base, list(m.set))  # validate every override now, not an hour into the study
+        except RecipeError as exc:
+            raise RecipeError(f"{path}: method {m.name!r}: {exc}") from None
+    return Study(raw.name or path.stem, base, raw.seeds, raw.lava_samples, tuple(methods))
 
 
 def run_dir(out: Path, method: str, seed: int) -> Path:

@@ -33,6 +33,8 @@ from typing import Dict, Tuple
 
 import numpy as np
 
+from .validation import file_data
+
 # The structured dtype tonic's NMNIST dataset yields, so that the synthetic and the real
 # recordings go through the same tonic transforms.
 EVENT_DTYPE = np.dtype([("x", int), ("y", int), ("t", int), ("p", int)])
@@ -43,6 +45,7 @@ SACCADE_PATH_PX: Tuple[Tuple[float, float], ...] = ((0.0, 0.0), (3.5, 7.0), (7.0
 GENERATOR_VERSION = 1  # bump when the generator's output changes for the same parameters
 
 
+@file_data
 @dataclass(frozen=True)
 class SyntheticNMNISTConfig:
     """Parameters of the synthetic N-MNIST generator. Times in microseconds (us) or ms as named.

@@ -33,6 +33,7 @@ from typing import Dict, Tuple
 import numpy as np
 
 from .synthetic import DVSPixel, EventSplit, SyntheticNMNISTConfig, dvs_pixel_events, generate_parallel, pack_split
+from .validation import file_data
 
 #: Class names and order of tonic's ``DVSGesture`` (image left/right: the subject's right
 #: arm appears on the image's left, as in the real recordings).
@@ -46,6 +47,7 @@ GESTURE_GENERATOR_VERSION = 1  # bump when the generator's output changes for th
 _PIXEL = SyntheticNMNISTConfig()  # the pixel model calibrated on the genuine N-MNIST recording
 
 
+@file_data
 @dataclass(frozen=True)
 class SyntheticGestureConfig:
     """Parameters of the synthetic gesture generator. Lengths in pixels (px) of the 32x32

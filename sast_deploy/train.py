@@ -13,7 +13,9 @@ exactly as an uninterrupted one.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import math
 import os
 import time
 from dataclasses import asdict
@@ -24,17 +26,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .config import Recipe, recipe_from_dict
+from .config import Recipe, RecipeError, canonical, recipe_from_dict
+from .errors import RunError, one_line
 from .fileio import atomic_torch_save, atomic_write_text
+from .lock import run_lock
 from .data import N_CLASSES, FrameDataset, load_dataset
-from .model import ModelConfig, SpikingNet, build_model, predict, spike_counts
+from .model import SpikingNet, build_model, non_finite_parameters, predict, spike_counts
 from .optim import SAST
+from .runfiles import read_checkpoint, read_model_file
 
 Batch = Tuple[torch.Tensor, torch.Tensor]
-
-
-class RunError(ValueError):
-    """A run directory is missing or inconsistent; the message names the file."""
 
 
 # --- steps -----------------------------------------------------------------------------
@@ -156,15 +157,50 @@ def evaluate(model: SpikingNet, data: FrameDataset, modes: Sequence[str] = ("sur
     return result
 
 
+# --- the NaN/inf guard ------------------------------------------------------------------
+
+
+def check_finite(loss: float, net: SpikingNet, epoch: int, step: int, ckpt_path: Path) -> None:
+    """Stop training at the first non-finite loss or weight (0-based ``epoch`` and ``step``).
+    Nothing of the diverged epoch is saved: the checkpoint keeps the last good epoch and no
+    model.pt is written."""
+    bad = [] if math.isfinite(loss) else [f"loss {loss}"]
+    bad += [f"weights {name}" for name in non_finite_parameters(net)]
+    if bad:
+        kept = f"{ckpt_path} keeps the last good epoch" if ckpt_path.exists() else "no epoch finished, nothing was saved"
+        raise RunError(f"training diverged at epoch {epoch + 1}, step {step + 1}: non-finite {', '.join(bad)}; "
+                       f"{kept}, no model.pt written (lower optimizer.lr or training.loss_scale)")
+
+
 # --- the loop --------------------------------------------------------------------------
 
 
-def _checkpoint_matches(ckpt: dict, recipe: Recipe, path: Path) -> None:
-    if ckpt.get("recipe") != recipe.to_dict():
+def _checkpoint_matches(saved: dict, recipe: Recipe, path: Path) -> None:
+    try:
+        same = canonical(recipe_from_dict(saved, source=str(path))) == canonical(recipe)
+    except RecipeError:
+        same = False
+    if not same:
         raise RunError(
             f"{path}: the checkpoint was written by a different recipe; use a new --out directory "
             f"or delete the checkpoint to start over"
         )
+
+
+def _resume(ckpt_path: Path, recipe: Recipe, net: SpikingNet, opt: torch.optim.Optimizer) -> Tuple[List[Dict[str, float]], int, float]:
+    """Load a checkpoint into ``net`` and ``opt``; (history, epochs done, training seconds)."""
+    header, weights, optimizer_state = read_checkpoint(ckpt_path)
+    _checkpoint_matches(header.recipe, recipe, ckpt_path)
+    if not 0 <= header.epoch <= recipe.training.epochs or len(header.history) != header.epoch:
+        raise RunError(f"{ckpt_path}: field epoch = {header.epoch} does not fit the recipe's {recipe.training.epochs} "
+                       f"epochs and its history of {len(header.history)}; pass --restart to start over")
+    try:
+        net.load_state_dict(weights)
+        opt.load_state_dict(optimizer_state)
+    except (RuntimeError, ValueError, KeyError, TypeError) as exc:
+        raise RunError(f"{ckpt_path}: the checkpoint does not fit the recipe's model ({one_line(exc)}); "
+                       f"pass --restart to start over") from None
+    return [dict(row) for row in header.history], header.epoch, header.train_seconds
 
 
 def train(
@@ -175,11 +211,22 @@ def train(
     data: Optional[Tuple[FrameDataset, FrameDataset]] = None,
     log: Callable[[str], None] = print,
 ) -> Dict[str, object]:
-    """Train a recipe into ``out_dir``; returns the metrics written to metrics.json."""
+    """Train a recipe into ``out_dir``; returns the metrics written to metrics.json. The run
+    directory is locked while training (see :mod:`sast_deploy.lock`; rank 0 holds it)."""
+    out_dir = Path(out_dir)
+    with run_lock(out_dir, "train") if is_rank_zero() else contextlib.nullcontext():
+        return _train(recipe, out_dir, progress, resume, data, log)
+
+
+def is_rank_zero() -> bool:
+    """Rank 0 under torchrun (RANK), or a single process."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def _train(recipe: Recipe, out_dir: Path, progress: bool, resume: bool,
+           data: Optional[Tuple[FrameDataset, FrameDataset]], log: Callable[[str], None]) -> Dict[str, object]:
     from tqdm import tqdm
 
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     t = recipe.training
     device = resolve_device(t.device)
     train_set, test_set = data if data is not None else load_dataset(recipe.data, progress=progress)
@@ -201,11 +248,7 @@ def train(
 
     ckpt_path = out_dir / "checkpoint.pt"
     if resume and ckpt_path.exists():
-        ckpt = torch.load(ckpt_path, map_location=device)
-        _checkpoint_matches(ckpt, recipe, ckpt_path)
-        net.load_state_dict(ckpt["model"])
-        opt.load_state_dict(ckpt["optimizer"])
-        history, start_epoch, train_seconds = ckpt["history"], ckpt["epoch"], ckpt["train_seconds"]
+        history, start_epoch, train_seconds = _resume(ckpt_path, recipe, net, opt)
         log(f"resuming {out_dir} after epoch {start_epoch}/{t.epochs}")
 
     mode = recipe.optimizer.train_mode
@@ -229,6 +272,7 @@ def train(
                 losses.append(sast_fn(model, opt, batch, batch_prime, mode, t.loss_scale))
             else:
                 losses.append(plain_step(model, opt, batch, mode, t.loss_scale))
+            check_finite(losses[-1], net, epoch, step, ckpt_path)
         train_seconds += time.perf_counter() - t0
         row = {"epoch": epoch + 1, "train_loss": sum(losses) / len(losses), "train_seconds": train_seconds}
         row.update(evaluate(net, test_set, ("surrogate", "hard"), t.eval_batch_size))
@@ -277,20 +321,19 @@ def save_run(out_dir: Path, model: SpikingNet, recipe: Recipe, metrics: Dict[str
 
 
 def load_run(run_dir: str | Path, map_location: str = "cpu") -> Tuple[SpikingNet, Recipe, Dict[str, object]]:
-    """(model, recipe, metrics) of a finished run."""
+    """(model, recipe, metrics) of a finished run; the model file is read as data
+    (:mod:`sast_deploy.runfiles`), never unpickled."""
     path = Path(run_dir) / "model.pt"
     if not Path(run_dir).is_dir():
         raise RunError(f"{run_dir}: run directory not found")
     if not path.is_file():
         raise RunError(f"{path}: no model in this run directory (train it first: sast-deploy train ... --out {run_dir})")
+    header, weights = read_model_file(path)
+    recipe = recipe_from_dict(header.recipe, source=str(path))
     try:
-        blob = torch.load(path, map_location=map_location)
-        cfg = dict(blob["model_config"])
-        model = build_model(ModelConfig(**cfg), blob["input_shape"], blob["n_classes"])
-        model.load_state_dict(blob["state_dict"])
-        recipe = recipe_from_dict(blob["recipe"], source=str(path))
-    except (KeyError, RuntimeError, TypeError) as exc:
-        raise RunError(f"{path}: not a sast-deploy model file ({exc})") from exc
+        model = build_model(header.model_config, header.input_shape, header.n_classes)
+        model.load_state_dict(weights)
+    except (RuntimeError, ValueError, TypeError) as exc:
+        raise RunError(f"{path}: the weights do not fit the model config ({one_line(exc)})") from None
     model.eval()
-    return model, recipe, blob.get("metrics", {})
-
+    return model.to(map_location), recipe, header.metrics

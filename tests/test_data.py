@@ -84,5 +84,5 @@ def test_bad_data_config_is_rejected():
         DataConfig(name="mnist")
     with pytest.raises(DataError, match="n_time_bins"):
         DataConfig(n_time_bins=0)
-    with pytest.raises(DataError, match="data.synthetic: unknown field"):
+    with pytest.raises(DataError, match=r"unknown key data\.synthetic\.nope"):
         DataConfig(synthetic={"nope": 1})

@@ -1,0 +1,129 @@
+"""The one validation layer for data read from files: recipes, target specs, hardware configs,
+studies and the plain-data parts of run files.
+
+Each schema is one of the project's frozen dataclasses, marked with :func:`file_data`; its
+field names, types and defaults are the schema (adding a field is one line), its
+``__post_init__`` holds the range checks. pydantic validates the parsed file against it as
+JSON in strict mode: no coercion ("128" is not an integer, 2.5 and true are not an epoch
+count, a string is not a list), no unknown keys, no inf or NaN. The first error is turned
+into one line that names the file and the field.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import math
+import typing
+from typing import Any, Optional, Sequence, Type, TypeVar
+
+from pydantic import ConfigDict, TypeAdapter, ValidationError, with_config
+
+T = TypeVar("T")
+
+FILE_DATA = ConfigDict(strict=True, extra="forbid", allow_inf_nan=False)
+
+#: pydantic error type -> what the field must be
+EXPECTED = {
+    "int_type": "an integer",
+    "int_parsing": "an integer",
+    "float_type": "a number",
+    "float_parsing": "a number",
+    "finite_number": "a finite number",
+    "bool_type": "true or false",
+    "string_type": "a string",
+    "tuple_type": "a list",
+    "list_type": "a list",
+    "dict_type": "a table",
+    "dataclass_type": "a table",
+}
+UNKNOWN = ("unexpected_keyword_argument", "extra_forbidden")
+MISSING = ("missing", "missing_argument", "missing_keyword_argument")
+
+
+#: Files sast-deploy wrote itself and reads back (compare.json, metrics): the fields a reader
+#: needs are checked, others may come and go between versions, and NaN is a valid accuracy
+#: of an empty split.
+OUTPUT_DATA = ConfigDict(strict=True, extra="ignore", allow_inf_nan=True)
+
+
+def file_data(cls: Type[T]) -> Type[T]:
+    """Mark a dataclass as a file schema: strict types, no unknown keys, finite numbers."""
+    return with_config(FILE_DATA)(cls)
+
+
+def output_data(cls: Type[T]) -> Type[T]:
+    """Mark a dataclass as the schema of a file sast-deploy writes (:data:`OUTPUT_DATA`)."""
+    return with_config(OUTPUT_DATA)(cls)
+
+
+@functools.lru_cache(maxsize=None)
+def _adapter(cls: type) -> TypeAdapter:
+    return TypeAdapter(cls)
+
+
+def validated(cls: Type[T], raw: Any, source: str, error: Type[Exception], prefix: str = "") -> T:
+    """``raw`` (parsed TOML or JSON) as an instance of the dataclass ``cls``. Errors are
+    ``error("<source>: <prefix.field> must be ..., got ...")``; ``source`` may be empty when
+    the caller names the file itself."""
+    try:
+        text = json.dumps(raw)
+    except (TypeError, ValueError) as exc:
+        raise error(_located(source, f"{prefix or 'the file'} holds a value that is not plain data ({exc})")) from None
+    try:
+        return _adapter(cls).validate_json(text, strict=True)
+    except ValidationError as exc:
+        raise error(_located(source, describe(exc.errors()[0], cls, prefix))) from None
+
+
+def describe(err: dict, cls: type, prefix: str = "") -> str:
+    """One pydantic error as 'field must be ..., got ...'."""
+    loc = tuple(err["loc"])
+    field = field_name(prefix, loc)
+    kind = err["type"]
+    if kind in UNKNOWN:
+        known = known_fields(cls, loc[:-1])
+        return f"unknown key {field}" + (f"; known: {', '.join(known)}" if known else "")
+    if kind in MISSING:
+        return f"missing key '{field}'"
+    if kind == "value_error":  # a range check of __post_init__: its message names the field
+        return str(err["ctx"]["error"])
+    if kind in EXPECTED:
+        return f"{field} must be {EXPECTED[kind]}, got {toml_literal(err['input'])}"
+    return f"{field}: {err['msg']} (got {toml_literal(err.get('input'))})"
+
+
+def toml_literal(value: Any) -> str:
+    """A value as a TOML file would spell it (true, "128", inf), for error messages."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)  # inf, -inf, nan
+    return json.dumps(value)
+
+
+def field_name(prefix: str, loc: Sequence) -> str:
+    """('model', 'v_th_scale', 0) -> 'model.v_th_scale[0]'."""
+    name = prefix
+    for part in loc:
+        name = f"{name}[{part}]" if isinstance(part, int) else (f"{name}.{part}" if name else str(part))
+    return name or "the file"
+
+
+def known_fields(cls: type, loc: Sequence) -> list:
+    """Field names of the dataclass at ``loc`` inside ``cls`` (empty if there is none)."""
+    node: Optional[type] = cls
+    for part in loc:
+        if node is None:
+            return []
+        if isinstance(part, int):
+            args = typing.get_args(node)
+            node = args[0] if args else None
+        elif dataclasses.is_dataclass(node):
+            node = typing.get_type_hints(node).get(part)
+        else:
+            return []
+    return [f.name for f in dataclasses.fields(node)] if node is not None and dataclasses.is_dataclass(node) else []
+
+
+def _located(source: str, message: str) -> str:
+    return f"{source}: {message}" if source else message

@@ -1,0 +1,323 @@
+"""Hostile but fair input: every case of issue 12 gets one line on stderr naming the file and
+the field, exit code 2, no traceback, no code run from a file and no half-written output."""
+
+import os
+import shutil
+import subprocess
+import sys
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from sast_deploy import train as train_mod
+from sast_deploy.cli import main
+from sast_deploy.config import RecipeError, load_recipe
+from sast_deploy.errors import RunError
+from sast_deploy.export import NetxFormatError, read_netx
+from sast_deploy.lock import run_lock
+from sast_deploy.train import load_run, train
+
+from conftest import SMALL_RECIPE_TOML
+from test_train import _recipe
+
+RECIPE = 'name = "tiny"\n' + SMALL_RECIPE_TOML + "[optimizer]\nname = \"baseline\"\nlr = 5e-3\n[training]\nepochs = 1\nbatch_size = 64\n"
+
+
+def _cli(capsys, *argv):
+    """(exit code, the one stderr line) of an in-process command."""
+    code = main([str(a) for a in argv])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "Traceback" not in err[0], err
+    return code, err[0]
+
+
+@pytest.fixture
+def run(trained_run, tmp_path):
+    """A copy of the trained run that a test may damage."""
+    return shutil.copytree(trained_run, tmp_path / "run")
+
+
+@pytest.fixture
+def recipe_file(tmp_path):
+    path = tmp_path / "tiny.toml"
+    path.write_text(RECIPE)
+    return path
+
+
+class Payload:
+    """A pickle that runs a shell command when unpickled."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+# --- 1. run files are data ---------------------------------------------------------------
+
+
+def test_hostile_model_file_is_refused_and_its_payload_never_runs(run, tmp_path, capsys):
+    marker = tmp_path / "pwned"
+    blob = torch.load(run / "model.pt", weights_only=True)
+    torch.save({**blob, "metrics": Payload(marker)}, run / "model.pt")
+    code, err = _cli(capsys, "evaluate", run, "--quiet")
+    assert code == 2 and "model.pt: refused" in err and "posix.system" in err
+    assert not marker.exists()
+
+
+def test_hostile_checkpoint_is_refused_on_resume(tmp_path, recipe_file, small_data, capsys):
+    out = tmp_path / "run"
+    train(load_recipe(recipe_file), out, progress=False, data=small_data[1])
+    marker = tmp_path / "pwned"
+    ckpt = torch.load(out / "checkpoint.pt", weights_only=True)
+    torch.save({**ckpt, "history": Payload(marker)}, out / "checkpoint.pt")
+    code, err = _cli(capsys, "train", "--config", recipe_file, "--out", out, "--quiet")
+    assert code == 2 and "checkpoint.pt: refused" in err
+    assert not marker.exists()
+
+
+def test_run_files_hold_only_tensors_and_plain_data(trained_run):
+    for name in ("model.pt", "checkpoint.pt"):
+        assert isinstance(torch.load(trained_run / name, weights_only=True), dict)
+
+
+# --- 4. NaN and inf ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("value", ["inf", "nan", "1e39"])
+def test_non_finite_learning_rate_is_a_recipe_error(recipe_file, tmp_path, capsys, value):
+    code, err = _cli(capsys, "train", "--config", recipe_file, "--set", f"optimizer.lr={value}", "--out", tmp_path / "x")
+    assert code == 2 and "tiny.toml" in err and "optimizer.lr" in err
+    assert not (tmp_path / "x").exists()
+
+
+def test_diverging_training_stops_at_the_first_non_finite_loss(recipe_file, tmp_path, capsys):
+    out = tmp_path / "run"
+    code, err = _cli(capsys, "train", "--config", recipe_file, "--set", "training.loss_scale=1e38", "--out", out, "--quiet")
+    assert code == 2 and "diverged at epoch 1, step 1" in err and "non-finite loss" in err
+    assert not (out / "model.pt").exists() and not (out / "metrics.json").exists()
+
+
+def test_divergence_keeps_the_last_good_checkpoint(tmp_path, small_data, monkeypatch):
+    _, data = small_data
+    recipe = _recipe(**{"training.epochs": 3, "optimizer.name": "baseline"})
+    real_step, calls = train_mod.plain_step, {"n": 0}
+    steps_per_epoch = -(-len(data[0]) // 32)
+
+    def poisoned(model, *args):
+        loss = real_step(model, *args)
+        calls["n"] += 1
+        if calls["n"] == steps_per_epoch + 2:  # epoch 2, step 2
+            with torch.no_grad():
+                model.layers[1].synapse.weight[0, 0] = float("inf")
+        return loss
+
+    monkeypatch.setattr(train_mod, "plain_step", poisoned)
+    with pytest.raises(RunError, match=r"epoch 2, step 2: non-finite weights layers\.1\.synapse\.weight"):
+        train(recipe, tmp_path, progress=False, data=data)
+    ckpt = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    assert ckpt["epoch"] == 1 and all(torch.isfinite(w).all() for w in ckpt["model"].values())
+    assert not (tmp_path / "model.pt").exists()
+
+
+@pytest.mark.parametrize("target", ["lava", "nir", "onnx"])
+def test_every_export_target_refuses_non_finite_weights(run, capsys, target):
+    blob = torch.load(run / "model.pt", weights_only=True)
+    blob["state_dict"]["layers.0.synapse.weight"][0, 0] = float("nan")
+    torch.save(blob, run / "model.pt")
+    out = run / f"net.{target}"
+    code, err = _cli(capsys, "export", run, "--target", target, "--out", out)
+    assert code == 2 and "non-finite weights in layers.0.synapse.weight" in err
+    assert not out.exists()
+
+
+# --- 5. types ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("override,field", [
+    ('model.hidden="128"', "model.hidden must be a list"),
+    ("model.hidden=128", "model.hidden must be a list"),
+    ("training.epochs=2.5", "training.epochs must be an integer, got 2.5"),
+    ("training.epochs=true", "training.epochs must be an integer, got true"),
+    ('model.v_th_scale=["a"]', 'model.v_th_scale[0] must be a number, got "a"'),
+    ("optimizer.rho=[1]", "optimizer.rho must be a number"),
+    ('data.synthetic.seed="1"', "data.synthetic.seed must be an integer"),
+])
+def test_values_of_the_wrong_type_name_file_and_field(recipe_file, tmp_path, capsys, override, field):
+    with pytest.raises(RecipeError, match="tiny.toml: " + field.replace("[", r"\[").replace(".", r"\.")):
+        load_recipe(recipe_file, [override])
+    code, err = _cli(capsys, "train", "--config", recipe_file, "--set", override, "--out", tmp_path / "x")
+    assert code == 2 and field in err
+    assert not (tmp_path / "x").exists()
+
+
+def test_spec_and_hardware_values_of_the_wrong_type(run, tmp_path, capsys):
+    spec = tmp_path / "spec.toml"
+    spec.write_text('weight_bits = "8"\n')
+    code, err = _cli(capsys, "export", run, "--spec", spec, "--out", tmp_path / "n.h5")
+    assert code == 2 and "spec.toml: weight_bits must be an integer" in err and not (tmp_path / "n.h5").exists()
+    assert main(["export", str(run), "--out", str(tmp_path / "n.h5")]) == 0
+    capsys.readouterr()
+    hw = tmp_path / "hw.toml"
+    hw.write_text('chunks = "a"\n')
+    code, err = _cli(capsys, "simulate", tmp_path / "n.h5", "--run", run, "--hardware", hw, "--quiet")
+    assert code == 2 and "hw.toml: chunks must be an integer" in err
+
+
+# --- 6. a missing --spec -----------------------------------------------------------------
+
+
+def test_a_missing_spec_file_is_an_error(run, capsys):
+    code, err = _cli(capsys, "export", run, "--spec", "export/loihi2-w4.tml", "--out", run / "n.h5")
+    assert code == 2 and "loihi2-w4.tml: target spec file not found" in err
+    assert not (run / "n.h5").exists()
+
+
+# --- 7. the run-directory lock -----------------------------------------------------------
+
+
+def test_a_locked_run_directory_refuses_a_second_command(run, recipe_file, tmp_path, capsys):
+    before = (run / "model.pt").read_bytes()
+    with run_lock(run, "train"):
+        with pytest.raises(RunError, match="in use by sast-deploy train"):
+            with run_lock(run, "compare"):
+                pass
+        for argv in (["train", "--config", recipe_file, "--out", run, "--quiet"], ["compare", run, "--quiet"],
+                     ["calibrate", tmp_path / "x", "--out", run, "--quiet"]):
+            code, err = _cli(capsys, *argv)
+            assert code == 2 and "in use by sast-deploy train" in err, argv
+    assert (run / "model.pt").read_bytes() == before
+    with run_lock(run, "compare"):  # released
+        pass
+
+
+@pytest.mark.slow
+def test_two_concurrent_trainings_into_one_directory(recipe_file, tmp_path, small_data):
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "sast_deploy.cli", "train", "--config", str(recipe_file), "--out", str(out), "--quiet"]
+    procs = [subprocess.Popen(cmd + ["--set", f"training.seed={seed}"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) for seed in (1, 2)]
+    results = [(p.wait(timeout=600), p.stdout.read(), p.stderr.read()) for p in procs]
+    codes = sorted(code for code, _, _ in results)
+    assert codes == [0, 2], results
+    loser = next(err for code, _, err in results if code == 2)
+    assert "in use by sast-deploy train" in loser and "Traceback" not in loser
+    winner_seed = 1 if results[0][0] == 0 else 2
+    _, recipe, _ = load_run(out)
+    assert recipe.training.seed == winner_seed
+
+
+# --- 8. one line instead of a traceback --------------------------------------------------
+
+
+@pytest.mark.parametrize("content,message", [(os.urandom(512), "not a readable model file"),
+                                             (b"", "not a readable model file (empty or cut short)")])
+def test_unreadable_model_file(run, capsys, content, message):
+    (run / "model.pt").write_bytes(content)
+    code, err = _cli(capsys, "evaluate", run, "--quiet")
+    assert code == 2 and "model.pt: " + message in err
+
+
+def test_truncated_checkpoint_on_resume(tmp_path, recipe_file, small_data, capsys):
+    out = tmp_path / "run"
+    train(load_recipe(recipe_file), out, progress=False, data=small_data[1])
+    data = (out / "checkpoint.pt").read_bytes()
+    (out / "checkpoint.pt").write_bytes(data[: len(data) // 2])
+    code, err = _cli(capsys, "train", "--config", recipe_file, "--out", out, "--quiet")
+    assert code == 2 and "checkpoint.pt: not a readable checkpoint" in err
+
+
+def test_model_file_with_wrong_fields(run, capsys):
+    blob = torch.load(run / "model.pt", weights_only=True)
+    torch.save({**blob, "n_classes": "10"}, run / "model.pt")
+    code, err = _cli(capsys, "evaluate", run, "--quiet")
+    assert code == 2 and "model.pt: n_classes must be an integer" in err
+
+
+def _study(tmp_path, run):
+    study = tmp_path / "study"
+    shutil.copytree(run, study / "baseline" / "seed0")
+    (study / "study.json").write_text('{"name": "s", "base": "b.toml", "seeds": [0], "lava_samples": 8, '
+                                      '"methods": [{"name": "baseline", "set": [], "calibrate": ""}]}')
+    return study
+
+
+@pytest.mark.parametrize("damage,message", [
+    (("baseline/seed0/compare.json", "{not json"), "compare.json: not a readable comparison"),
+    (("baseline/seed0/compare.json", '{"lava_accuracy": 50.0}'), "compare.json: missing key 'emulator_accuracy'"),
+    (("study.json", "\x00\x01garbage"), "study.json: not a readable study index"),
+    (("study.json", '{"name": "s", "base": "b", "seeds": "0", "lava_samples": 8, "methods": []}'), "study.json: seeds must be a list"),
+])
+def test_report_on_damaged_study_files(run, tmp_path, capsys, damage, message):
+    study = _study(tmp_path, run)
+    (study / "baseline" / "seed0" / "compare.json").write_text(
+        '{"emulator_accuracy": 50.0, "lava_accuracy": 50.0, "lava_emulator_agreement": 1.0}')
+    name, text = damage
+    (study / name).write_text(text)
+    code, err = _cli(capsys, "report", study, "--out", tmp_path / "report", "--no-diagnostics")
+    assert code == 2 and message in err
+    assert not (tmp_path / "report").exists()  # 10. no empty output directory
+
+
+def _exported(run, tmp_path):
+    assert main(["export", str(run), "--out", str(tmp_path / "n.h5")]) == 0
+    return tmp_path / "n.h5"
+
+
+def test_hdf5_layer_type_that_is_not_a_string(run, tmp_path, capsys):
+    path = _exported(run, tmp_path)
+    capsys.readouterr()
+    with h5py.File(path, "a") as f:
+        del f["layer/1/type"]
+        f["layer/1"].create_dataset("type", data=7)
+    with pytest.raises(NetxFormatError, match=r"n\.h5: field /layer/1/type must be a string"):
+        read_netx(path)
+    code, err = _cli(capsys, "simulate", path, "--run", run, "--quiet", "--out", tmp_path / "s.json")
+    assert code == 2 and "/layer/1/type must be a string" in err and not (tmp_path / "s.json").exists()
+
+
+def test_interchange_errors_reach_the_cli_as_one_line(run, tmp_path, capsys):
+    blob = torch.load(run / "model.pt", weights_only=True)
+    blob["model_config"]["beta"] = 1.0
+    torch.save(blob, run / "model.pt")
+    code, err = _cli(capsys, "export", run, "--target", "nir", "--out", tmp_path / "n.nir")
+    assert code == 2 and "beta = 1" in err and not (tmp_path / "n.nir").exists()
+
+
+def test_closed_pipe_ends_quietly(trained_run, tmp_path):
+    cmd = [sys.executable, "-m", "sast_deploy.cli", "export", str(trained_run), "--out", str(tmp_path / "n.h5")]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()  # the reader is gone before the first line, as after `| head -0`
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 141 and "Traceback" not in err and "BrokenPipeError" not in err, err
+    assert (tmp_path / "n.h5").exists()  # the command itself completed
+
+
+# --- 9. integers the target cannot hold --------------------------------------------------
+
+
+def test_weights_out_of_the_targets_range_are_rejected(run, tmp_path, capsys):
+    path = _exported(run, tmp_path)
+    capsys.readouterr()
+    with h5py.File(path, "a") as f:
+        w = f["layer/1/weight"][()]
+        del f["layer/1/weight"]
+        f["layer/1"].create_dataset("weight", data=(w * 10**12).astype(np.int64))
+    with pytest.raises(NetxFormatError, match=r"/layer/1/weight holds .* 8-bit signed mantissas, -128\.\.127"):
+        read_netx(path)
+    code, err = _cli(capsys, "simulate", path, "--run", run, "--quiet", "--out", tmp_path / "s.json")
+    assert code == 2 and "/layer/1/weight holds" in err
+
+
+# --- 10. no leftovers ----------------------------------------------------------------------
+
+
+def test_a_data_error_leaves_no_output_directory(recipe_file, tmp_path, capsys):
+    out = tmp_path / "run"
+    code, err = _cli(capsys, "train", "--config", recipe_file, "--set", "data.name=nmnist",
+                     "--set", f"data.data_dir={tmp_path / 'none'}", "--set", "data.synthetic={}", "--out", out)
+    assert code == 2 and "data.data_dir" in err
+    assert not out.exists()
