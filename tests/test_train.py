@@ -161,3 +161,21 @@ def test_rerunning_a_finished_run_rewrites_its_outputs(tmp_path, small_data):
     again = train(recipe, tmp_path, progress=False, data=data)  # resumes after the last epoch: nothing to train
     assert again["hard_accuracy"] == first["hard_accuracy"] and (tmp_path / "metrics.json").exists()
     assert again["forward_backward_passes"] == first["forward_backward_passes"]
+
+
+def test_runs_and_checkpoints_written_before_the_surrogate_field_load_as_arctan(tmp_path, small_data):
+    _, data = small_data
+    recipe = _recipe(**{"training.epochs": 1, "optimizer.name": "baseline"})
+    train(recipe, tmp_path, progress=False, data=data)
+    for name in ("model.pt", "checkpoint.pt"):  # as main wrote them before model.surrogate existed
+        blob = torch.load(tmp_path / name, weights_only=True)
+        for cfg in (blob.get("model_config"), blob["recipe"]["model"]):
+            if cfg is not None:
+                assert cfg.pop("surrogate") == "arctan"
+        assert blob["recipe"]["optimizer"].pop("adaptive") is False
+        torch.save(blob, tmp_path / name)
+    model, old, _ = load_run(tmp_path)
+    assert old.model.surrogate == "arctan" and all(layer.lif.p.surrogate == "arctan" for layer in model.layers)
+    # the old checkpoint matches today's recipe with the defaults filled in: resumed, not refused
+    train(recipe, tmp_path, progress=False, data=data)
+    assert load_run(tmp_path)[1] == old
