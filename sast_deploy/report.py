@@ -218,7 +218,7 @@ def _margin_figure(methods: Dict[str, List[dict]], path: Path) -> Path:
     below / inside / above the band in the legend."""
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(13, 4.6), sharey=True)
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5.6), sharey=True)
     for ax, key, mode in ((axes[0], "margins_surrogate", "surrogate-forward"), (axes[1], "margins", "hard spikes")):
         half = None
         for name, runs in methods.items():
@@ -237,7 +237,7 @@ def _margin_figure(methods: Dict[str, List[dict]], path: Path) -> Path:
         ax.set_yscale("log")
         ax.set_xlabel("membrane margin (v' − θ) / θ, all layers and steps (clipped to ±3)")
         ax.set_title(f"Membrane margins on test data, {mode}")
-        ax.legend(fontsize=6.5, loc="upper left")
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16))  # below: clear of the curves
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("fraction of neuron-steps per bin")
     fig.tight_layout()
