@@ -89,7 +89,7 @@ def main(argv=None) -> int:
         print(f"| {r['variant']} | {r['method']} | {r['seed']} | {r['surrogate_accuracy']:.2f} | "
               f"{r['hard_accuracy']:.2f} | {r['transfer_gap_pp']:+.2f} |")
     if args.figure:
-        print(f"wrote {family_figure(points, Path(args.figure), f'Transfer gap vs ρ per surrogate family ({args.base})')}")
+        print(f"wrote {family_figure(points, Path(args.figure), f'Transfer gap vs ρ per surrogate family (seeds: {args.seeds})')}")
     return 0
 
 

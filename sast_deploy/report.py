@@ -190,15 +190,17 @@ def family_figure(points: Dict[str, Dict[float, List[float]]], path: Path, title
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.2))
+    fig, ax = plt.subplots(figsize=(9, 4.4))
     all_rhos = sorted({rho for by_rho in points.values() for rho in by_rho if rho > 0})
     for i, (family, by_rho) in enumerate(sorted(points.items())):
         rhos = sorted(rho for rho in by_rho if rho > 0)
+        color = f"C{i % 10}"
         if rhos:
             ax.errorbar(rhos, [np.mean(by_rho[r]) for r in rhos], yerr=[np.std(by_rho[r]) for r in rhos],
-                        marker="o", capsize=3, color=f"C{i}", label=f"{family}: SAST")
+                        marker="o", capsize=3, color=color, label=family)
         if 0.0 in by_rho:
-            ax.axhline(np.mean(by_rho[0.0]), color=f"C{i}", linestyle="--", label=f"{family}: baseline")
+            ax.axhline(np.mean(by_rho[0.0]), color=color, linestyle="--", label=None if rhos else f"{family} (baseline only)")
+    ax.plot([], [], color="gray", linestyle="--", label="dashed: that family's baseline")
     if all_rhos:
         ax.set_xscale("log")
         ax.set_xticks(all_rhos, [f"{rho:g}" for rho in all_rhos])
@@ -207,7 +209,7 @@ def family_figure(points: Dict[str, Dict[float, List[float]]], path: Path, title
     ax.set_ylabel("transfer gap (pp): surrogate − hard accuracy")
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="best")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # outside: clear of the lines
     fig.tight_layout()
     return _save(fig, path)
 
