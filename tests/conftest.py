@@ -3,7 +3,8 @@ from pathlib import Path
 
 import pytest
 
-REFERENCE_NMNIST = Path(__file__).resolve().parents[2] / "shared" / "data" / "nmnist-reference" / "sample_nmnist.bin"
+# One genuine N-MNIST recording shipped with the tests (attribution: tests/data/README.md)
+REFERENCE_NMNIST = Path(__file__).resolve().parent / "data" / "sample_nmnist.bin"
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -22,7 +23,7 @@ def _isolated_cache(tmp_path_factory):
 @pytest.fixture(scope="session")
 def reference_nmnist() -> Path:
     if not REFERENCE_NMNIST.is_file():
-        pytest.skip(f"{REFERENCE_NMNIST} not found (the shared/ folder beside the project)")
+        pytest.fail(f"{REFERENCE_NMNIST} is missing: it ships with the repository (tests/data/README.md)")
     return REFERENCE_NMNIST
 
 
