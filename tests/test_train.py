@@ -7,6 +7,7 @@ import torch
 
 from sast_deploy import train as train_mod
 from sast_deploy.cli import main
+from sast_deploy.runfiles import read_checkpoint
 from sast_deploy.config import RecipeError, apply_overrides, load_recipe, recipe_from_dict
 from sast_deploy.train import RunError, evaluate, load_run, train
 
@@ -64,7 +65,7 @@ def test_interrupted_run_resumes_to_the_same_weights(tmp_path, small_data, monke
     with pytest.raises(KeyboardInterrupt):
         train(recipe, tmp_path / "resumed", progress=False, data=data)
     assert not (tmp_path / "resumed" / "model.pt").exists()  # no half-finished outputs
-    assert torch.load(tmp_path / "resumed" / "checkpoint.pt")["epoch"] == 1
+    assert read_checkpoint(tmp_path / "resumed" / "checkpoint.pt")[0].epoch == 1
     monkeypatch.setattr(train_mod, "evaluate", real_evaluate)
     train(recipe, tmp_path / "resumed", progress=False, data=data)
 
