@@ -27,7 +27,7 @@ import sys
 from pathlib import Path
 
 from sast_deploy.config import apply_overrides, recipe_from_dict, tomllib
-from sast_deploy.report import family_figure
+from sast_deploy.report import family_figure, family_points
 from sast_deploy.train import train
 
 
@@ -60,7 +60,7 @@ def main(argv=None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     shard, n_shards = (int(v) for v in args.shard.split("/"))
-    rows, index, points = [], -1, {}
+    rows, index, runs = [], -1, []  # runs: as report.family_points reads them
     for variant in variants:
         for opt, method_sets in methods.items():
             for seed in args.seeds.split(","):
@@ -80,15 +80,14 @@ def main(argv=None) -> int:
                        **{k: m[k] for k in ("surrogate_accuracy", "hard_accuracy", "transfer_gap_pp", "train_seconds")}}
                 rows.append(row)
                 print(json.dumps(row), flush=True)
-                if recipe.optimizer.name in ("sast", "baseline"):
-                    family = f"{recipe.model.surrogate} α={recipe.model.alpha:g}"
-                    rho = recipe.optimizer.rho if recipe.optimizer.name == "sast" else 0.0
-                    points.setdefault(family, {}).setdefault(rho, []).append(m["transfer_gap_pp"])
+                runs.append({"optimizer": recipe.optimizer.name, "rho": recipe.optimizer.rho, "metrics": m,
+                             "surrogate": recipe.model.surrogate, "alpha": recipe.model.alpha})
     print("\n| variant | method | seed | surrogate % | hard % | gap pp |\n|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['variant']} | {r['method']} | {r['seed']} | {r['surrogate_accuracy']:.2f} | "
               f"{r['hard_accuracy']:.2f} | {r['transfer_gap_pp']:+.2f} |")
     if args.figure:
+        points = family_points({"sweep": runs})
         print(f"wrote {family_figure(points, Path(args.figure), f'Transfer gap vs ρ per surrogate family (seeds: {args.seeds})')}")
     return 0
 
