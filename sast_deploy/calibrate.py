@@ -20,7 +20,7 @@ from typing import Callable, Dict, List, Sequence, Tuple
 
 import numpy as np
 
-from .data import FrameDataset, load_dataset
+from .data import FrameDataset, load_dataset, stratified_subset
 from .lock import run_lock
 from .model import SpikingNet, build_model
 from .train import evaluate, load_run, save_run
@@ -72,13 +72,14 @@ def search_log_scale(accuracy_at: Callable[[float], float], start: float, best: 
 
 def calibration_split(train: FrameDataset, fraction: float = 0.1, seed: int = 0) -> FrameDataset:
     """A calibration subset of the training split: every recording of a random ``fraction``
-    of the source images (all samples when the dataset has no source ids)."""
-    sources = train.source_ids if train.source_ids is not None else np.arange(len(train))
-    unique = np.unique(sources)
+    of the source images of a generated dataset, or a seeded class-stratified ``fraction`` of
+    the recordings of a real one (which has no source ids)."""
+    if train.source_ids is None:
+        return train.subset(stratified_subset(train.labels.numpy(), max(1, int(round(fraction * len(train)))), seed))
+    unique = np.unique(train.source_ids)
     rng = np.random.default_rng(seed)
     chosen = rng.choice(unique, size=max(1, int(round(fraction * len(unique)))), replace=False)
-    idx = np.nonzero(np.isin(sources, chosen))[0]
-    return FrameDataset(train.frames[idx].numpy(), train.labels[idx].numpy(), sources[idx])
+    return train.subset(np.nonzero(np.isin(train.source_ids, chosen))[0])
 
 
 def _with_scales(model: SpikingNet, scales: Sequence[float]) -> SpikingNet:

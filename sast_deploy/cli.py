@@ -6,6 +6,7 @@
     sast-deploy simulate NET.h5 --run RUN_DIR [--samples N] [--out FILE]
     sast-deploy compare RUN_DIR [--samples N]
     sast-deploy demo [--out runs/demo]
+    sast-deploy write-dataset synthetic-nmnist --out DATA_DIR [--train N --test M]
 
 Every command exits non-zero with a one-line message naming the file or field at fault.
 """
@@ -126,7 +127,7 @@ def cmd_export(args) -> int:
 
 def cmd_simulate(args) -> int:
     from .compare import check_input
-    from .data import load_dataset
+    from .data import class_counts, load_dataset, stratified_subset
     from .export import read_netx
     from .fileio import atomic_write_text
     from .model import predict
@@ -137,15 +138,16 @@ def cmd_simulate(args) -> int:
     _, recipe, _ = load_run(args.run)
     _, test = load_dataset(recipe.data, progress=not args.quiet)
     check_input(qnet, test, Path(args.net))
-    n = min(args.samples, len(test)) if args.samples > 0 else len(test)
+    idx = stratified_subset(test.labels.numpy(), args.samples, recipe.data.subset_seed)  # all when --samples 0
     from .simulate import SimulatorConfig
 
-    res = simulate_lava(args.net, test.frames[:n].numpy(), progress=not args.quiet, hardware=SimulatorConfig.load(args.hardware),
+    res = simulate_lava(args.net, test.frames_at(idx).numpy(), progress=not args.quiet, hardware=SimulatorConfig.load(args.hardware),
                         copies=args.copies)
     pred = predict(res.counts)
-    labels = test.labels[:n].numpy()
+    labels = test.labels[idx].numpy()
     out = {
-        "net": str(args.net), "run": str(args.run), "n_samples": n,
+        "net": str(args.net), "run": str(args.run), "n_samples": len(idx), "test_indices": idx.tolist(),
+        "class_counts": class_counts(labels, recipe.data.spec.n_classes),
         "accuracy": float(100.0 * np.mean(pred == labels)),
         "samples_per_s": res.samples_per_s, "timesteps_per_s": res.timesteps_per_s,
         "compile_seconds": res.compile_seconds, "run_seconds": res.seconds,
@@ -153,7 +155,7 @@ def cmd_simulate(args) -> int:
     }
     path = Path(args.out) if args.out else Path(args.run) / "simulate.json"
     atomic_write_text(path, json.dumps(out) + "\n")
-    print(json.dumps({k: v for k, v in out.items() if k not in ("labels", "predictions", "spike_counts")}, indent=2))
+    print(json.dumps({k: v for k, v in out.items() if k not in ("labels", "predictions", "spike_counts", "test_indices")}, indent=2))
     print(f"per-sample results: {path}")
     return 0
 
@@ -260,6 +262,19 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def cmd_write_dataset(args) -> int:
+    from .config import RecipeError, apply_overrides, recipe_from_dict
+    from .tonic_layout import LAYOUTS, write_tonic_tree
+
+    recipe = recipe_from_dict(apply_overrides({"data": {"name": args.dataset}}, args.set), source="--set")
+    counts = {"train": args.train, "test": args.test} if (args.train or args.test) else None
+    if counts and min(counts.values()) < 1:
+        raise RecipeError("--train and --test: give both, each >= 1")
+    folder = write_tonic_tree(recipe.data, args.out, counts, progress=not args.quiet)
+    print(f"wrote {folder}; train on it with --set data.name={LAYOUTS[args.dataset].real_name} --set data.data_dir={args.out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="sast-deploy", description="Sharpness-Aware Surrogate Training, deployed to Loihi 2 through Lava.")
     sub = ap.add_subparsers(dest="command", required=True)
@@ -300,7 +315,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("simulate", help="run an exported network on Lava's CPU simulator (Loihi2SimCfg, fixed_pt)")
     p.add_argument("net", help="netx HDF5 file")
     p.add_argument("--run", required=True, help="the run whose recipe names the dataset")
-    p.add_argument("--samples", type=int, default=500, help="test samples to run (0 = all)")
+    p.add_argument("--samples", type=int, default=500, help="test samples to run: a seeded class-stratified subset (0 = all)")
     p.add_argument("--out", help="output JSON (default RUN_DIR/simulate.json)")
     p.add_argument("--hardware", help="simulator run config (default hardware/lava-sim.toml)")
     p.add_argument("--copies", type=int, default=2,
@@ -311,7 +326,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("compare", help="float vs quantized emulator vs Lava, sample by sample (compare.json, compare.md)")
     p.add_argument("run_dir")
-    p.add_argument("--samples", type=int, default=500, help="test samples run on Lava (the emulator runs them all)")
+    p.add_argument("--samples", type=int, default=500, help="test samples run on Lava, a seeded class-stratified subset (the emulator runs them all; 0 = all)")
     p.add_argument("--spec", help="target spec TOML (default export/loihi2.toml)")
     p.add_argument("--weight-bits", type=int, help="weight mantissa bits, overrides the spec (files get a -wN suffix)")
     p.add_argument("--copies", type=int, default=2, help="network copies per Lava graph (see simulate --copies)")
@@ -347,6 +362,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_robustness)
+
+    p = sub.add_parser("write-dataset", help="write a generated dataset as a real one's files in tonic's layout (N-MNIST .bin, DVS Gesture .npy)")
+    p.add_argument("dataset", choices=("synthetic-nmnist", "synthetic-gesture"))
+    p.add_argument("--out", required=True, help="root folder; train on it with --set data.name=nmnist (or dvsgesture) --set data.data_dir=OUT")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="a [data] field of the generated set, e.g. data.synthetic.max_sources=200 or data.max_train=1000")
+    p.add_argument("--train", type=int, default=0, help="training files: a class-stratified subset, or every recording repeated in turn "
+                                                        "when larger (0: each recording once)")
+    p.add_argument("--test", type=int, default=0, help="test files (as --train)")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_write_dataset)
 
     p = sub.add_parser("precision", help="hard-spike accuracy and SynOps of runs at 8/6/4-bit weights (emulator), mean ± std per method")
     p.add_argument("run_dirs", nargs="+")

@@ -18,7 +18,7 @@ from typing import Dict, Optional
 import numpy as np
 import torch
 
-from .data import FrameDataset, load_dataset
+from .data import FrameDataset, class_counts, load_dataset, stratified_subset
 from .export import read_netx, write_netx
 from .fileio import atomic_write_text
 from .lock import run_lock
@@ -93,10 +93,11 @@ def _compare_run(run_dir: Path, samples: int, progress: bool, spec: Optional[Loi
     hard = output_counts(model, test, "hard")
     # under torchrun each rank emulates and simulates its contiguous slice; rank 0 gathers
     lo, hi = _shard(len(test), rank, world)
-    local_emulation = emulate(qnet, test.frames[lo:hi], progress=progress and rank == 0)
-    n = min(samples, len(test)) if samples > 0 else len(test)
+    local_emulation = emulate(qnet, test.frames_at(range(lo, hi)), progress=progress and rank == 0)
+    lava_idx = stratified_subset(labels.numpy(), samples, recipe.data.subset_seed)  # all when samples = 0
+    n = len(lava_idx)
     lo, hi = _shard(n, rank, world)
-    part = simulate_lava(net_path, test.frames[lo:hi].numpy(), progress=progress and rank == 0, copies=copies) if hi > lo else None
+    part = simulate_lava(net_path, test.frames_at(lava_idx[lo:hi]).numpy(), progress=progress and rank == 0, copies=copies) if hi > lo else None
     if world > 1:
         distributed_context(torch.device("cpu"))
     emulation = Emulation.merge(_gather(local_emulation, world))
@@ -104,12 +105,13 @@ def _compare_run(run_dir: Path, samples: int, progress: bool, spec: Optional[Loi
     parts = [p for p in _gather(part, world) if p is not None]
     lava = torch.from_numpy(np.concatenate([p.counts for p in parts]))
     lava_seconds = max(p.seconds for p in parts)  # the ranks run side by side
-    emu_sub, hard_sub, y_sub = emu[:n], hard[:n], labels[:n]
+    emu_sub, hard_sub, y_sub = emu[lava_idx], hard[lava_idx], labels[lava_idx]
     result = {
         "run": str(run_dir),
         "weight_bits": spec.weight_bits,
         "n_samples": n,
         "n_test": len(test),
+        "lava_class_counts": class_counts(y_sub, recipe.data.spec.n_classes),  # the seeded class-stratified subset Lava ran
         "surrogate_accuracy": accuracy_pct(sur, labels),
         "hard_accuracy": accuracy_pct(hard, labels),
         "emulator_accuracy": accuracy_pct(emu, labels),

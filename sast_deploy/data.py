@@ -1,15 +1,19 @@
 """Stage 1, data: event datasets turned into binary spike frames [N, T, P, H, W].
 
-Datasets:
+Datasets (one :class:`DatasetSpec` each in :data:`DATASETS`):
   ``synthetic-nmnist``  embedded default, generated offline (see :mod:`sast_deploy.synthetic`)
   ``synthetic-gesture`` embedded DVS-Gesture-like default, 11 classes on 32x32
                         (see :mod:`sast_deploy.synthetic_gesture`)
-  ``nmnist``            real N-MNIST through ``tonic.datasets.NMNIST``
-  ``dvsgesture``        real DVS128 Gesture through ``tonic.datasets.DVSGesture``
+  ``nmnist``            real N-MNIST in tonic's layout (``tonic.datasets.NMNIST``)
+  ``dvsgesture``        real DVS128 Gesture in tonic's layout (``tonic.datasets.DVSGesture``)
 
 All go through the same tonic transforms (optional ``Denoise``, optional ``Downsample``,
 ``ToFrame(n_time_bins=T)``) and :class:`Binarize`, so that every frame bin is a spike (1) or
 not (0), which is what a neuromorphic chip's input port takes.
+
+Every subset of a split (``max_train``, ``max_test``, the Lava samples of ``compare``) is
+cut by one function, :func:`stratified_subset`: seeded and class-stratified, never the first
+N files (tonic lists N-MNIST by digit folder, so the first N are a few digits only).
 """
 
 from __future__ import annotations
@@ -18,28 +22,47 @@ import dataclasses
 import hashlib
 import json
 import os
+import shutil
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
-import torch
 
 from .errors import SastDeployError
 from .fileio import atomic_save_npz
+from .frames import FRAME_CACHE_FORMAT, FrameDataset, decoded_rows, default_workers, publish, read_split, write_split
 from .synthetic import EventSplit, SyntheticNMNISTConfig, generate_synthetic_nmnist
 from .synthetic_gesture import SyntheticGestureConfig, generate_synthetic_gesture
 from .validation import file_data, validated
 
-DATASETS = ("synthetic-nmnist", "synthetic-gesture", "nmnist", "dvsgesture")
-N_CLASSES = {"synthetic-nmnist": 10, "synthetic-gesture": 11, "nmnist": 10, "dvsgesture": 11}
-SENSOR_SIZE = {"synthetic-nmnist": (34, 34, 2), "synthetic-gesture": (32, 32, 2), "nmnist": (34, 34, 2),
-               "dvsgesture": (128, 128, 2)}
-#: The generated datasets: their parameter dataclass (``data.synthetic`` overrides it) and generator.
-SYNTHETIC = {
-    "synthetic-nmnist": (SyntheticNMNISTConfig, generate_synthetic_nmnist),
-    "synthetic-gesture": (SyntheticGestureConfig, generate_synthetic_gesture),
-}
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """What the pipeline needs to know of one dataset."""
+
+    name: str
+    n_classes: int
+    sensor_size: Tuple[int, int, int]  # (width, height, polarities), tonic's order
+    #: generated datasets: the parameter dataclass (``data.synthetic`` overrides it) and the generator
+    generator: Optional[Tuple[type, Callable]] = None
+    tonic_class: str = ""  # real datasets: the ``tonic.datasets`` class
+    file_suffix: str = ""  # real datasets: one recording per file of this suffix
+
+    @property
+    def generated(self) -> bool:
+        return self.generator is not None
+
+
+DATASETS: Dict[str, DatasetSpec] = {spec.name: spec for spec in (
+    DatasetSpec("synthetic-nmnist", 10, (34, 34, 2), generator=(SyntheticNMNISTConfig, generate_synthetic_nmnist)),
+    DatasetSpec("synthetic-gesture", 11, (32, 32, 2), generator=(SyntheticGestureConfig, generate_synthetic_gesture)),
+    DatasetSpec("nmnist", 10, (34, 34, 2), tonic_class="NMNIST", file_suffix=".bin"),
+    DatasetSpec("dvsgesture", 11, (128, 128, 2), tonic_class="DVSGesture", file_suffix=".npy"),
+)}
+GENERATED = tuple(name for name, spec in DATASETS.items() if spec.generated)
+SPLITS = ("train", "test")
 
 
 class DataError(SastDeployError, ValueError):
@@ -68,8 +91,10 @@ class DataConfig:
     spatial_factor: float = 1.0  # tonic Downsample factor (e.g. 0.25 for 128x128 DVS Gesture -> 32x32)
     data_dir: str = ""  # root of the real dataset in tonic's layout
     download: bool = False  # let tonic download the real dataset when absent
-    max_train: int = 0  # 0 = all; otherwise the first N (deterministic) training samples
+    max_train: int = 0  # 0 = all; otherwise a seeded class-stratified subset of N training samples
     max_test: int = 0
+    subset_seed: int = 0  # seed of the max_train / max_test subsets
+    workers: int = 0  # processes that decode events to frames; 0 = one per CPU
     synthetic: Dict[str, object] = field(default_factory=dict)  # generator overrides (SyntheticNMNISTConfig, SyntheticGestureConfig)
 
     def __post_init__(self):
@@ -79,25 +104,36 @@ class DataConfig:
             raise DataError(f"data.n_time_bins must be >= 1, got {self.n_time_bins}")
         if not 0 < self.spatial_factor <= 1:
             raise DataError(f"data.spatial_factor must be in (0, 1], got {self.spatial_factor}")
-        if self.synthetic and self.name not in SYNTHETIC:
-            raise DataError(f"data.synthetic: only the generated datasets ({', '.join(SYNTHETIC)}) take it, not {self.name!r}")
-        if self.name in SYNTHETIC:
+        for name in ("max_train", "max_test", "workers"):
+            if getattr(self, name) < 0:
+                raise DataError(f"data.{name} must be >= 0, got {getattr(self, name)}")
+        if self.synthetic and not self.spec.generated:
+            raise DataError(f"data.synthetic: only the generated datasets ({', '.join(GENERATED)}) take it, not {self.name!r}")
+        if self.spec.generated:
             self.synthetic_config()
+
+    @property
+    def spec(self) -> DatasetSpec:
+        return DATASETS[self.name]
 
     def synthetic_config(self):
         """The generator's parameters (:class:`SyntheticNMNISTConfig` or :class:`SyntheticGestureConfig`)."""
-        if self.name not in SYNTHETIC:
+        if not self.spec.generated:
             raise DataError(f"{self.name!r} is not a generated dataset")
-        return validated(SYNTHETIC[self.name][0], dict(self.synthetic), "", DataError, prefix="data.synthetic")
+        return validated(self.spec.generator[0], dict(self.synthetic), "", DataError, prefix="data.synthetic")
 
     def frame_sensor_size(self) -> Tuple[int, int, int]:
-        w, h, p = SENSOR_SIZE[self.name]
+        w, h, p = self.spec.sensor_size
         return (int(w * self.spatial_factor), int(h * self.spatial_factor), p)
 
     def input_shape(self) -> Tuple[int, int, int]:
         """Shape of one time bin: (polarity, height, width)."""
         w, h, p = self.frame_sensor_size()
         return (p, h, w)
+
+    def sample_shape(self) -> Tuple[int, int, int, int]:
+        """Shape of one sample's frames: (T, polarity, height, width)."""
+        return (self.n_time_bins,) + self.input_shape()
 
 
 def cache_dir() -> Path:
@@ -113,12 +149,12 @@ def load_synthetic_events(data: DataConfig, progress: bool = True) -> Tuple[Even
     if path.exists():
         with np.load(path) as saved:
             return EventSplit.from_npz(saved, "train"), EventSplit.from_npz(saved, "test")
-    train, test = SYNTHETIC[data.name][1](cfg, progress=progress)
+    train, test = data.spec.generator[1](cfg, progress=progress)
     atomic_save_npz(path, **train.to_npz_dict("train"), **test.to_npz_dict("test"))
     return train, test
 
 
-def frame_transform(cfg: DataConfig, sensor_size: Tuple[int, int, int]):
+def frame_transform(cfg: DataConfig):
     """The tonic transform chain of a recipe: events (structured array) -> binary frames [T, P, H, W]."""
     import tonic.transforms as tt
 
@@ -132,101 +168,247 @@ def frame_transform(cfg: DataConfig, sensor_size: Tuple[int, int, int]):
     return tt.Compose(steps)
 
 
+@dataclass(frozen=True)
+class FrameDecoder:
+    """Events of one recording -> its binary frames [T, P, H, W] (all zero for no events)."""
+
+    cfg: DataConfig
+
+    def __call__(self, events: np.ndarray) -> np.ndarray:
+        out = np.zeros(self.cfg.sample_shape(), dtype=np.uint8)
+        if len(events):
+            fr = frame_transform(self.cfg)(events)
+            out[: fr.shape[0]] = fr[: self.cfg.n_time_bins]
+        return out
+
+
 def events_to_frames(samples: Sequence[np.ndarray], cfg: DataConfig, desc: str = "frames", progress: bool = False) -> np.ndarray:
     """Binary frames [N, T, P, H, W] of event recordings through the recipe's transform chain."""
     from tqdm import tqdm
 
-    transform = frame_transform(cfg, SENSOR_SIZE[cfg.name])
-    p, h, w = cfg.input_shape()
-    out = np.zeros((len(samples), cfg.n_time_bins, p, h, w), dtype=np.uint8)
+    decode = FrameDecoder(cfg)
+    out = np.zeros((len(samples),) + cfg.sample_shape(), dtype=np.uint8)
     for i, ev in enumerate(tqdm(samples, desc=desc, disable=not progress, unit="sample")):
-        if len(ev) == 0:
-            continue  # an empty recording is all-zero frames
-        fr = transform(ev)
-        out[i, : fr.shape[0]] = fr[: cfg.n_time_bins]
+        out[i] = decode(ev)
     return out
 
 
-class FrameDataset(torch.utils.data.Dataset):
-    """Binary frames held in memory as uint8. Indexing with a list of indices returns a batch
-    ``(frames float32 [B, T, P, H, W], labels int64 [B])`` in one gather, which is far faster
-    than collating single items."""
+# --- subsets ---------------------------------------------------------------------------
 
-    def __init__(self, frames: np.ndarray, labels: np.ndarray, source_ids: Optional[np.ndarray] = None):
-        if len(frames) != len(labels):
-            raise DataError(f"{len(frames)} frame samples but {len(labels)} labels")
-        self.frames = torch.from_numpy(np.ascontiguousarray(frames))
-        self.labels = torch.from_numpy(np.asarray(labels, dtype=np.int64))
-        self.source_ids = None if source_ids is None else np.asarray(source_ids)
+
+def stratified_subset(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
+    """Sorted indices of a seeded, class-stratified subset of ``n`` samples (all, in order,
+    when ``n`` is 0 or at least the split's size).
+
+    Each class gets its share of ``n`` in proportion to its frequency in ``labels`` (largest
+    remainders first, ties to the lower class), its members drawn by a seeded permutation of
+    that class; the result does not depend on the order of the files."""
+    labels = np.asarray(labels)
+    if n <= 0 or n >= len(labels):
+        return np.arange(len(labels))
+    classes, counts = np.unique(labels, return_counts=True)
+    share = n * counts / len(labels)
+    quota = np.floor(share).astype(np.int64)
+    by_remainder = np.lexsort((classes, -(share - quota)))
+    quota[by_remainder[: n - int(quota.sum())]] += 1
+    rng = np.random.default_rng(seed)
+    chosen = [rng.permutation(np.flatnonzero(labels == c))[:q] for c, q in zip(classes, quota)]
+    return np.sort(np.concatenate(chosen))
+
+
+def class_counts(labels, n_classes: int) -> List[int]:
+    """Samples per class, [n_classes]."""
+    return np.bincount(np.asarray(labels, dtype=np.int64), minlength=n_classes).tolist()
+
+
+# --- recordings ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RecordingFiles:
+    """A real dataset's split as tonic lists it: one file per recording, its label."""
+
+    paths: Tuple[str, ...]
+    labels: np.ndarray
+    suffix: str
+
+    source_ids = None
 
     def __len__(self) -> int:
-        return len(self.labels)
+        return len(self.paths)
 
-    def __getitem__(self, idx):
-        return self.frames[idx].float(), self.labels[idx]
+    def sample(self, i: int) -> np.ndarray:
+        return read_recording(self.paths[i], self.suffix)
+
+    def describe(self, i: int) -> str:
+        return self.paths[i]
+
+    def listing_key(self) -> str:
+        """A hash of every file's path, size and modification time: changes when files change.
+        Empty and truncated files are reported here, before any decoding."""
+        h = hashlib.sha256()
+        for path, label in zip(self.paths, self.labels.tolist()):
+            st = os.stat(path)
+            check_recording_size(path, st.st_size, self.suffix)  # before any decoding starts
+            h.update(f"{path}\0{st.st_size}\0{st.st_mtime_ns}\0{label}\n".encode())
+        return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class Recordings:
+    """The recordings of one split that a recipe uses: ``source``'s samples ``index``."""
+
+    source: Union[EventSplit, RecordingFiles]
+    index: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.index)
 
     @property
-    def n_time_bins(self) -> int:
-        return int(self.frames.shape[1])
+    def labels(self) -> np.ndarray:
+        return np.asarray(self.source.labels)[self.index]
 
     @property
-    def input_shape(self) -> Tuple[int, ...]:
-        return tuple(self.frames.shape[2:])
+    def source_ids(self) -> Optional[np.ndarray]:
+        ids = self.source.source_ids
+        return None if ids is None else np.asarray(ids)[self.index]
+
+    def events(self, i: int) -> np.ndarray:
+        return self.source.sample(int(self.index[i]))
+
+    def describe(self, i: int) -> str:
+        """The file of recording i, or its index in a generated split."""
+        j = int(self.index[i])
+        return self.source.describe(j) if isinstance(self.source, RecordingFiles) else f"generated sample {j}"
+
+    def __iter__(self):
+        return (self.events(i) for i in range(len(self)))
 
 
-def _limit(n: int, limit: int) -> int:
-    return n if limit <= 0 else min(n, limit)
+def split_recordings(cfg: DataConfig, split: str, progress: bool = False) -> Recordings:
+    """The recordings of ``split`` ('train' or 'test') that a recipe uses, in one place for
+    training, evaluation and robustness alike: the whole split, or the seeded class-stratified
+    subset of ``max_train`` / ``max_test``."""
+    if split not in SPLITS:
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    return _recipe_subset(cfg, split, _split_source(cfg, split, progress))
 
 
-def _frames_cache_path(cfg: DataConfig, source_key: str) -> Path:
-    spec = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("download",)}
-    key = hashlib.sha256(json.dumps({"src": source_key, **spec}, sort_keys=True, default=str).encode()).hexdigest()[:16]
-    return cache_dir() / f"frames-{cfg.name}-{key}.npz"
+def _recipe_subset(cfg: DataConfig, split: str, source: Union[EventSplit, RecordingFiles]) -> Recordings:
+    limit = cfg.max_train if split == "train" else cfg.max_test
+    return Recordings(source, stratified_subset(source.labels, limit, cfg.subset_seed))
+
+
+def _split_source(cfg: DataConfig, split: str, progress: bool) -> Union[EventSplit, RecordingFiles]:
+    if cfg.spec.generated:
+        train, test = load_synthetic_events(cfg, progress)
+        return train if split == "train" else test
+    ds = real_event_dataset(cfg, train=split == "train")
+    # sorted by path: tonic lists DVS Gesture in the file system's order, which differs between machines
+    listing = sorted(zip(ds.data, ds.targets))
+    return RecordingFiles(tuple(p for p, _ in listing), np.asarray([t for _, t in listing], dtype=np.int64), cfg.spec.file_suffix)
+
+
+# --- frames of a recipe, cached --------------------------------------------------------
+
+
+def _frames_cache_path(cfg: DataConfig, files: Optional[Dict[str, RecordingFiles]]) -> Path:
+    """The cache folder of a recipe's frames: keyed by the transform, the subsets and the
+    source (a generated dataset's parameters, or every real file's path, size and mtime)."""
+    spec = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("download", "workers")}
+    src = cfg.synthetic_config().cache_key() if files is None else {split: f.listing_key() for split, f in files.items()}
+    payload = json.dumps({"format": FRAME_CACHE_FORMAT, "src": src, **spec}, sort_keys=True, default=str)
+    return cache_dir() / f"frames-{cfg.name}-{hashlib.sha256(payload.encode()).hexdigest()[:16]}"
 
 
 def load_dataset(cfg: DataConfig, progress: bool = True) -> Tuple[FrameDataset, FrameDataset]:
-    """Train and test splits as binary frames, cached on disk per (source, transform)."""
-    if cfg.name in SYNTHETIC:
-        source_key = cfg.synthetic_config().cache_key()
-    else:
-        root = _real_root(cfg)
-        source_key = str(root.resolve())
-    path = _frames_cache_path(cfg, source_key)
-    if path.exists():
-        with np.load(path) as d:
-            return (
-                FrameDataset(d["train_frames"], d["train_labels"], d["train_sources"]),
-                FrameDataset(d["test_frames"], d["test_labels"], d["test_sources"]),
-            )
-    splits = {}
-    if cfg.name in SYNTHETIC:
-        train_ev, test_ev = load_synthetic_events(cfg, progress)
-        for name, split, limit in (("train", train_ev, cfg.max_train), ("test", test_ev, cfg.max_test)):
-            n = _limit(len(split), limit)
-            frames = events_to_frames([split.sample(i) for i in range(n)], cfg, f"{name} frames", progress)
-            splits[name] = (frames, split.labels[:n], split.source_ids[:n])
-    else:
-        for name, train, limit in (("train", True, cfg.max_train), ("test", False, cfg.max_test)):
-            ds = real_event_dataset(cfg, train=train)
-            n = _limit(len(ds), limit)
-            samples, labels = [], []
-            for i in range(n):
-                try:
-                    ev, y = ds[i]
-                except Exception as exc:  # name the file that failed, not just the index
-                    raise DataError(f"{ds.data[i]}: cannot read event file ({exc})") from exc
-                samples.append(ev)
-                labels.append(y)
-            frames = events_to_frames(samples, cfg, f"{name} frames", progress)
-            splits[name] = (frames, np.asarray(labels, dtype=np.int64), np.arange(n))
-    atomic_save_npz(
-        path,
-        **{f"{s}_{k}": v for s in ("train", "test") for k, v in zip(("frames", "labels", "sources"), splits[s])},
-    )
-    return FrameDataset(*splits["train"]), FrameDataset(*splits["test"])
+    """Train and test splits as binary frames, cached on disk per (source, transform, subset)
+    and read back through a memory map (:mod:`sast_deploy.frames`)."""
+    # a real dataset's files are listed (and stat'ed) on every load: that is its cache key;
+    # a generated one's events are loaded only when its frames are not cached yet
+    files = None if cfg.spec.generated else {split: _split_source(cfg, split, progress) for split in SPLITS}
+    folder = _frames_cache_path(cfg, files)
+    if not (folder / "meta.json").exists():
+        sources = files or {split: _split_source(cfg, split, progress) for split in SPLITS}
+        splits = {split: _recipe_subset(cfg, split, sources[split]) for split in SPLITS}
+        _write_frames_cache(cfg, splits, folder, progress)
+    return read_split(folder, "train"), read_split(folder, "test")
+
+
+def _write_frames_cache(cfg: DataConfig, splits: Dict[str, Recordings], folder: Path, progress: bool) -> None:
+    from tqdm import tqdm
+
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.", suffix=".tmp"))
+    try:
+        for split, rec in splits.items():
+            rows = decoded_rows(_SampleFrames(rec, FrameDecoder(cfg)), len(rec), default_workers(cfg.workers))
+            bar = lambda it, split=split, n=len(rec): tqdm(it, total=n, desc=f"{split} frames", disable=not progress, unit="sample")
+            write_split(tmp, split, rows, len(rec), cfg.sample_shape(), rec.labels, rec.source_ids, bar)
+        publish(tmp, folder, {"dataset": cfg.name, "sample_shape": list(cfg.sample_shape()),
+                              "samples": {split: len(rec) for split, rec in splits.items()}, "data": dataclasses.asdict(cfg)})
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+@dataclass(frozen=True)
+class _SampleFrames:
+    """Recording i -> its binary frames; a recording that cannot be decoded is named."""
+
+    recordings: Recordings
+    decode: FrameDecoder
+
+    def __call__(self, i: int) -> np.ndarray:
+        events = self.recordings.events(i)
+        try:
+            return self.decode(events)
+        except Exception as exc:
+            raise DataError(f"{self.recordings.describe(i)}: cannot turn its events into frames ({exc})") from None
 
 
 # --- real datasets through tonic -------------------------------------------------------
+
+
+def check_recording_size(path: str, size: int, suffix: str) -> None:
+    """A file of 0 bytes, or an N-MNIST file cut inside an event (5 bytes each), is an error naming it."""
+    if size == 0:
+        raise DataError(f"{path}: empty recording (0 bytes)")
+    if suffix == ".bin" and size % 5:
+        raise DataError(f"{path}: truncated N-MNIST recording ({size} bytes is not a whole number of 5-byte events)")
+
+
+def read_recording(path: str, suffix: str) -> np.ndarray:
+    """The events of one real recording (tonic's structured dtype), checked first: a file of
+    0 bytes, or an N-MNIST file cut inside an event (5 bytes each), is an error naming it."""
+    check_recording_size(path, os.path.getsize(path), suffix)
+    try:
+        return _READERS[suffix](path)
+    except Exception as exc:  # name the file that failed, not just an index
+        raise DataError(f"{path}: cannot read event file ({exc})") from None
+
+
+def _read_nmnist(path: str) -> np.ndarray:
+    from tonic.datasets import NMNIST
+    from tonic.io import read_mnist_file
+
+    return read_mnist_file(path, dtype=NMNIST.dtype)
+
+
+def _read_dvsgesture(path: str) -> np.ndarray:
+    # tonic.datasets.DVSGesture.__getitem__'s reading, without a dataset object (which the
+    # decoding workers would need pickled): rows x, y, p, t in ms
+    from numpy.lib import recfunctions
+    from tonic.datasets import DVSGesture
+
+    events = np.load(path, allow_pickle=False)
+    if events.ndim != 2 or events.shape[1] != 4:
+        raise DataError(f"{path}: expected an array of rows (x, y, p, t), got shape {events.shape}")
+    events = events.astype(np.float64)
+    events[:, 3] *= 1000  # ms -> us
+    return recfunctions.unstructured_to_structured(events, DVSGesture.dtype)
+
+
+_READERS: Dict[str, Callable[[str], np.ndarray]] = {".bin": _read_nmnist, ".npy": _read_dvsgesture}
 
 
 def _real_root(cfg: DataConfig) -> Path:
@@ -249,9 +431,8 @@ def real_event_dataset(cfg: DataConfig, train: bool):
     import tonic.datasets as td
 
     root = _real_root(cfg)
-
-    base = {"nmnist": td.NMNIST, "dvsgesture": td.DVSGesture}[cfg.name]
-    suffix = {"nmnist": ".bin", "dvsgesture": ".npy"}[cfg.name]
+    base = getattr(td, cfg.spec.tonic_class)
+    suffix = cfg.spec.file_suffix
 
     class Extracted(base):
         def _check_exists(self) -> bool:
@@ -277,4 +458,3 @@ def _download_or_explain(ds, base, cfg: DataConfig) -> None:
             f"(<data_dir>/{base.__name__}/{ds.folder_name}/...) or set data.download=true."
         )
     base.download(ds)
-

@@ -139,7 +139,7 @@ def markdown(rows: List[Dict[str, object]], data: Dict[str, object]) -> str:
     f = lambda ms, d=2: f"{ms[0]:.{d}f} ± {ms[1]:.{d}f}"  # noqa: E731
     lines = [f"# Transfer-gap study: {data['study']['name']}", "",
              f"Base recipe `{data['study']['base']}`; mean ± std over seeds; accuracies in %, gaps in pp; "
-             f"Lava on the first {data['study']['lava_samples']} test samples.", "",
+             f"Lava on a seeded class-stratified subset of {data['study']['lava_samples']} test samples.", "",
              "| method | seeds | surrogate | hard (float) | transfer gap | hard (Loihi 2 emulator) | Lava | Lava = emulator (min) | train time vs baseline |",
              "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:

@@ -20,7 +20,7 @@ from typing import Dict, List, Sequence, Tuple
 import numpy as np
 import torch
 
-from .data import SENSOR_SIZE, SYNTHETIC, DataConfig, events_to_frames, load_synthetic_events, real_event_dataset
+from .data import DataConfig, events_to_frames, split_recordings
 from .fileio import atomic_write_bytes, atomic_write_text
 from .quantize import emulate, quantize
 from .train import RunError, accuracy_pct, load_run
@@ -66,19 +66,15 @@ def corruption(name: str, severity: float, sensor_size, duration_s: float, seed:
 
 
 def split_events(cfg: DataConfig) -> Tuple[List[np.ndarray], torch.Tensor]:
-    """The test split's event recordings and labels, in the order of the recipe's frames."""
-    if cfg.name in SYNTHETIC:
-        _, test = load_synthetic_events(cfg, progress=False)
-        n = len(test) if cfg.max_test <= 0 else min(len(test), cfg.max_test)
-        return [test.sample(i) for i in range(n)], torch.from_numpy(test.labels[:n])
-    ds = real_event_dataset(cfg, train=False)
-    n = len(ds) if cfg.max_test <= 0 else min(len(ds), cfg.max_test)
-    return [ds[i][0] for i in range(n)], torch.as_tensor(ds.targets[:n])
+    """The test split's event recordings and labels, the same samples in the same order as the
+    recipe's frames (:func:`sast_deploy.data.split_recordings`)."""
+    rec = split_recordings(cfg, "test")
+    return list(rec), torch.from_numpy(rec.labels)
 
 
 def corrupted_frames(events: Sequence[np.ndarray], cfg: DataConfig, name: str, severity: float, seed: int = 0) -> torch.Tensor:
     durations = [(e["t"].max() - e["t"].min()) * 1e-6 for e in events if len(e)]
-    transform = corruption(name, severity, SENSOR_SIZE[cfg.name], float(np.mean(durations)) if durations else 0.0, seed)
+    transform = corruption(name, severity, cfg.spec.sensor_size, float(np.mean(durations)) if durations else 0.0, seed)
     np.random.seed(seed)  # tonic's transforms draw from numpy's global generator
     corrupted = []
     for i, e in enumerate(events):

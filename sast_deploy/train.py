@@ -30,7 +30,7 @@ from .config import Recipe, RecipeError, canonical, recipe_from_dict
 from .errors import RunError, one_line
 from .fileio import atomic_torch_save, atomic_write_text
 from .lock import run_lock
-from .data import N_CLASSES, FrameDataset, load_dataset
+from .data import FrameDataset, class_counts, load_dataset
 from .model import SpikingNet, build_model, non_finite_parameters, predict, spike_counts
 from .optim import SAST
 from .runfiles import read_checkpoint, read_model_file
@@ -235,7 +235,7 @@ def _train(recipe: Recipe, out_dir: Path, progress: bool, resume: bool,
 
     rank, world = distributed_context(device)
     torch.manual_seed(t.seed)  # the same initial weights on every rank
-    net = build_model(recipe.model, train_set.input_shape, N_CLASSES[recipe.data.name]).to(device)
+    net = build_model(recipe.model, train_set.input_shape, recipe.data.spec.n_classes).to(device)
     model = net
     if world > 1:
         # Both SAST phases all-reduce their gradient through DDP's backward hook: the
@@ -298,6 +298,8 @@ def _train(recipe: Recipe, out_dir: Path, progress: bool, resume: bool,
         "transfer_gap_pp": final["transfer_gap_pp"],
         "n_test": len(test_set),
         "n_train": len(train_set),
+        "train_class_counts": class_counts(train_set.labels, recipe.data.spec.n_classes),
+        "test_class_counts": class_counts(test_set.labels, recipe.data.spec.n_classes),
         "epochs": t.epochs,
         "train_seconds": train_seconds,
         "world_size": world,

@@ -321,3 +321,28 @@ def test_a_data_error_leaves_no_output_directory(recipe_file, tmp_path, capsys):
                      "--set", f"data.data_dir={tmp_path / 'none'}", "--set", "data.synthetic={}", "--out", out)
     assert code == 2 and "data.data_dir" in err
     assert not out.exists()
+
+
+# --- 11. real recordings and written datasets ------------------------------------------------
+
+
+@pytest.mark.parametrize("content, message", [(b"", "empty recording (0 bytes)"), (bytes(12), "truncated N-MNIST recording")])
+def test_bad_recording_in_a_real_dataset_is_named_by_the_cli(recipe_file, tmp_path, capsys, reference_nmnist, content, message):
+    for split, digit in (("Train", 1), ("Train", 2), ("Test", 1)):
+        (tmp_path / "data" / "NMNIST" / split / str(digit)).mkdir(parents=True)
+        (tmp_path / "data" / "NMNIST" / split / str(digit) / "00000.bin").write_bytes(reference_nmnist.read_bytes())
+    bad = tmp_path / "data" / "NMNIST" / "Train" / "2" / "00000.bin"
+    bad.write_bytes(content)
+    out = tmp_path / "run"
+    code, err = _cli(capsys, "train", "--config", recipe_file, "--set", "data.name=nmnist", "--set", "data.synthetic={}",
+                     "--set", f"data.data_dir={tmp_path / 'data'}", "--out", out, "--quiet")
+    assert code == 2 and f"{bad}: {message}" in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()
+
+
+def test_write_dataset_never_overwrites(tmp_path, capsys):
+    (tmp_path / "NMNIST").mkdir()
+    code, err = _cli(capsys, "write-dataset", "synthetic-nmnist", "--out", tmp_path, "--set", "data.synthetic.max_sources=20")
+    assert code == 2 and "NMNIST: already exists" in err
+    code, err = _cli(capsys, "write-dataset", "synthetic-nmnist", "--out", tmp_path / "x", "--train", "10")
+    assert code == 2 and "--train and --test" in err and not (tmp_path / "x" / "NMNIST").exists()

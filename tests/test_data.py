@@ -4,8 +4,10 @@ import shutil
 
 import numpy as np
 import pytest
+import torch
 
-from sast_deploy.data import Binarize, DataConfig, DataError, load_dataset, real_event_dataset
+from sast_deploy.data import (Binarize, DataConfig, DataError, FrameDataset, class_counts, load_dataset, real_event_dataset,
+                              stratified_subset)
 
 
 def test_binarize_clips_counts_to_spikes():
@@ -23,11 +25,38 @@ def test_synthetic_frames_are_binary_time_first_and_split_by_source(small_data):
     assert set(y.tolist()) <= set(range(10))
 
 
-def test_frames_are_cached_on_disk(small_data, _isolated_cache):
+def test_frames_are_cached_on_disk_and_read_through_a_memory_map(small_data, _isolated_cache):
     cfg, (train, _) = small_data
-    assert list(_isolated_cache.glob("frames-synthetic-nmnist-*.npz"))
+    assert list(_isolated_cache.glob("frames-synthetic-nmnist-*/meta.json"))
     again, _ = load_dataset(cfg, progress=False)
+    assert isinstance(again.packed, np.memmap)
     assert np.array_equal(again.frames.numpy(), train.frames.numpy())
+    x, y = again[[3, 0]]  # a batch is unpacked from the packed rows, in the order asked
+    assert torch.equal(x, train.frames[[3, 0]].float()) and y.tolist() == train.labels[[3, 0]].tolist()
+
+
+def test_frame_dataset_packs_bits_losslessly_and_refuses_counts():
+    frames = (np.random.default_rng(0).random((5, 3, 2, 7, 5)) < 0.3).astype(np.uint8)  # 210 bins: not a multiple of 8
+    ds = FrameDataset(frames, np.arange(5))
+    assert ds.packed.shape == (5, 27) and np.array_equal(ds.frames.numpy(), frames)
+    assert np.array_equal(ds.subset([4, 1]).frames.numpy(), frames[[4, 1]])
+    with pytest.raises(ValueError, match="binary"):
+        FrameDataset(frames * 2, np.arange(5))
+
+
+def test_stratified_subset_takes_every_class_whatever_the_file_order():
+    sorted_by_class = np.repeat(np.arange(10), 1000)  # tonic's N-MNIST listing: digit folder by digit folder
+    idx = stratified_subset(sorted_by_class, 5000, seed=0)
+    assert class_counts(sorted_by_class[idx], 10) == [500] * 10
+    assert len(set(idx.tolist())) == 5000 and np.all(np.diff(idx) > 0)
+    assert np.array_equal(idx, stratified_subset(sorted_by_class, 5000, seed=0))  # seeded
+    assert not np.array_equal(idx, stratified_subset(sorted_by_class, 5000, seed=1))
+    shuffled = np.random.default_rng(3).permutation(sorted_by_class)
+    assert class_counts(shuffled[stratified_subset(shuffled, 5000, seed=0)], 10) == [500] * 10
+    unbalanced = np.repeat([0, 1, 2], [600, 300, 100])  # shares in proportion, largest remainder first
+    assert class_counts(unbalanced[stratified_subset(unbalanced, 7, seed=0)], 3) == [4, 2, 1]
+    assert np.array_equal(stratified_subset(sorted_by_class, 0, seed=0), np.arange(10000))  # 0: all, in order
+    assert np.array_equal(stratified_subset(sorted_by_class, 20000, seed=0), np.arange(10000))
 
 
 def _nmnist_tree(root, sample):
@@ -86,3 +115,74 @@ def test_bad_data_config_is_rejected():
         DataConfig(n_time_bins=0)
     with pytest.raises(DataError, match=r"unknown key data\.synthetic\.nope"):
         DataConfig(synthetic={"nope": 1})
+
+
+def _written_tree(tmp_path, name="synthetic-nmnist", **synthetic):
+    """A generated dataset written in tonic's layout (sorted by class, as the real one)."""
+    from sast_deploy.tonic_layout import write_tonic_tree
+
+    cfg = DataConfig(name=name, n_time_bins=8, synthetic=synthetic)
+    write_tonic_tree(cfg, tmp_path / "tree", progress=False)
+    return cfg, tmp_path / "tree"
+
+
+def test_max_train_and_max_test_of_a_class_sorted_tree_hold_every_class(tmp_path):
+    _, root = _written_tree(tmp_path, max_sources=300, train_variants=1, test_variants=1)
+    cfg = DataConfig(name="nmnist", data_dir=str(root), n_time_bins=8, max_train=100, max_test=30)
+    train, test = load_dataset(cfg, progress=False)
+    full_train, full_test = load_dataset(DataConfig(name="nmnist", data_dir=str(root), n_time_bins=8), progress=False)
+    for subset, full, n in ((train, full_train, 100), (test, full_test, 30)):
+        assert len(subset) == n
+        share = np.asarray(class_counts(full.labels, 10)) * n / len(full)  # each class's share of the split
+        assert np.all(np.abs(np.asarray(class_counts(subset.labels, 10)) - share) < 1)  # not digits 0-4 only
+
+
+def test_adding_a_recording_to_data_dir_invalidates_the_frame_cache(tmp_path, _isolated_cache):
+    _, root = _written_tree(tmp_path, max_sources=60, train_variants=1, test_variants=1)
+    cfg = DataConfig(name="nmnist", data_dir=str(root), n_time_bins=8)
+    train, _ = load_dataset(cfg, progress=False)
+    before = set(_isolated_cache.glob("frames-nmnist-*"))
+    digit3 = sorted((root / "NMNIST" / "Train" / "3").glob("*.bin"))
+    shutil.copy(digit3[0], digit3[0].parent / "99999.bin")
+    again, _ = load_dataset(cfg, progress=False)
+    assert len(again) == len(train) + 1 and class_counts(again.labels, 10)[3] == class_counts(train.labels, 10)[3] + 1
+    assert len(set(_isolated_cache.glob("frames-nmnist-*")) - before) == 1  # a new cache entry, the old one untouched
+    (digit3[0].parent / "99999.bin").write_bytes(digit3[1].read_bytes())  # same name, other content: new key again
+    third, _ = load_dataset(cfg, progress=False)
+    assert len(set(_isolated_cache.glob("frames-nmnist-*")) - before) == 2
+
+
+@pytest.mark.parametrize("content, message", [(b"", "empty recording"), (bytes(5 * 40 + 3), "truncated N-MNIST recording")])
+def test_empty_or_truncated_recordings_are_named(tmp_path, reference_nmnist, content, message):
+    _nmnist_tree(tmp_path, reference_nmnist)
+    bad = tmp_path / "NMNIST" / "Train" / "5" / "00001.bin"
+    bad.write_bytes(content)
+    with pytest.raises(DataError, match=f"{bad}: {message}"):
+        load_dataset(DataConfig(name="nmnist", data_dir=str(tmp_path), n_time_bins=12, workers=1), progress=False)
+
+
+def test_parallel_decoding_gives_the_frames_of_one_process(tmp_path, _isolated_cache):
+    _, root = _written_tree(tmp_path, max_sources=100, train_variants=1, test_variants=1)
+    one = load_dataset(DataConfig(name="nmnist", data_dir=str(root), n_time_bins=8, workers=1), progress=False)
+    for entry in _isolated_cache.glob("frames-nmnist-*"):
+        shutil.rmtree(entry)
+    two = load_dataset(DataConfig(name="nmnist", data_dir=str(root), n_time_bins=8, workers=2), progress=False)
+    assert len(one[0]) >= 64  # enough samples that the pool is used
+    for a, b in zip(one, two):
+        assert np.array_equal(np.asarray(a.packed), np.asarray(b.packed)) and torch.equal(a.labels, b.labels)
+
+
+@pytest.mark.parametrize("generated, real, synthetic", [
+    ("synthetic-nmnist", "nmnist", {"max_sources": 60, "train_variants": 1, "test_variants": 1}),
+    ("synthetic-gesture", "dvsgesture", {"max_subjects": 3, "recordings_per_class": 1}),
+])
+def test_written_tree_reads_back_through_tonic_to_the_same_frames(tmp_path, generated, real, synthetic):
+    """Every file written is read by tonic's own reader into the generated recording's frames."""
+    cfg, root = _written_tree(tmp_path, generated, **synthetic)
+    want_train, want_test = load_dataset(cfg, progress=False)
+    factor = 0.25 if real == "dvsgesture" else 1.0
+    got_train, got_test = load_dataset(DataConfig(name=real, data_dir=str(root), n_time_bins=8, spatial_factor=factor), progress=False)
+    for want, got in ((want_train, got_train), (want_test, got_test)):
+        assert len(got) == len(want) and sorted(got.labels.tolist()) == sorted(want.labels.tolist())
+        # files are listed by class and name; match each file's frames to a generated recording's
+        assert sorted(map(bytes, np.asarray(got.packed))) == sorted(map(bytes, np.asarray(want.packed)))

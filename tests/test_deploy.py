@@ -20,7 +20,8 @@ from sast_deploy.quantize import (
     quantize,
 )
 from sast_deploy.simulate import simulate_lava
-from sast_deploy.train import output_counts
+from sast_deploy.data import load_dataset
+from sast_deploy.train import load_run, output_counts
 
 
 
@@ -192,6 +193,10 @@ def test_compare_on_a_trained_run(trained_run, capsys):
                 "lava_hard_prediction_agreement", "transfer_gap_pp", "quantization_gap_pp", "n_samples"):
         assert key in result
     assert result["n_samples"] == 25
+    # Lava ran a class-stratified subset: each class's share of the test split, within one sample
+    labels = load_dataset(load_run(trained_run)[1].data, progress=False)[1].labels.numpy()
+    share = np.bincount(labels, minlength=10) * 25 / len(labels)
+    assert sum(result["lava_class_counts"]) == 25 and np.all(np.abs(np.asarray(result["lava_class_counts"]) - share) < 1)
     assert result["lava_emulator_agreement"] == 1.0
     assert result["emulator_accuracy_lava_subset"] == result["lava_accuracy"]
     assert (trained_run / "compare.md").read_text().startswith("| run |")
@@ -204,6 +209,7 @@ def test_cli_export_simulate_and_bad_inputs(trained_run, tmp_path, capsys, small
     assert main(["simulate", str(tmp_path / "n.h5"), "--run", str(trained_run), "--samples", "5", "--out", str(tmp_path / "s.json"), "--quiet"]) == 0
     sim = json.loads((tmp_path / "s.json").read_text())
     assert len(sim["spike_counts"]) == 5 and sim["timesteps_per_s"] > 0
+    assert len(set(sim["labels"])) == 5 and sum(sim["class_counts"]) == 5  # five samples, five classes: stratified
     # a run directory without a model: error, and no network written
     (tmp_path / "empty").mkdir()
     assert main(["export", str(tmp_path / "empty")]) == 2

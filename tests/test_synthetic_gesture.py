@@ -108,12 +108,12 @@ def test_bad_gesture_config_is_rejected():
 
 
 def test_gesture_frames_through_the_tonic_chain():
-    from sast_deploy.data import N_CLASSES, DataConfig, load_dataset
+    from sast_deploy.data import DATASETS, DataConfig, load_dataset
 
     cfg = DataConfig(name="synthetic-gesture", n_time_bins=6, denoise_us=10000,
                      synthetic={"max_subjects": 3, "recordings_per_class": 1, "duration_ms": 300.0})
     train, test = load_dataset(cfg, progress=False)
     assert train.frames.shape[1:] == (6, 2, 32, 32) and test.frames.shape[1:] == (6, 2, 32, 32)
     assert set(np.unique(train.frames.numpy())) <= {0, 1}
-    assert sorted(set(train.labels.tolist())) == list(range(N_CLASSES["synthetic-gesture"]))
+    assert sorted(set(train.labels.tolist())) == list(range(DATASETS["synthetic-gesture"].n_classes))
     assert not set(train.source_ids) & set(test.source_ids)

@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -32,6 +33,8 @@ def test_every_optimizer_trains_and_writes_a_run(tmp_path, small_data, optimizer
     on_disk = json.loads((tmp_path / "metrics.json").read_text())
     assert on_disk["transfer_gap_pp"] == pytest.approx(on_disk["surrogate_accuracy"] - on_disk["hard_accuracy"])
     assert len(on_disk["history"]) == 2
+    assert on_disk["train_class_counts"] == np.bincount(data[0].labels.numpy(), minlength=10).tolist()
+    assert on_disk["test_class_counts"] == np.bincount(data[1].labels.numpy(), minlength=10).tolist()
     assert on_disk["forward_backward_passes"] == (2 if optimizer in ("sast", "sam") else 1) * 2 * -(-len(data[0]) // 32)
     # it learned something: well above the 10 % of chance on 10 classes
     assert max(metrics["surrogate_accuracy"], metrics["hard_accuracy"]) > 25
