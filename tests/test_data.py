@@ -174,7 +174,7 @@ def test_parallel_decoding_gives_the_frames_of_one_process(tmp_path, _isolated_c
 
 @pytest.mark.parametrize("generated, real, synthetic", [
     ("synthetic-nmnist", "nmnist", {"max_sources": 60, "train_variants": 1, "test_variants": 1}),
-    ("synthetic-gesture", "dvsgesture", {"max_subjects": 3, "recordings_per_class": 1}),
+    ("synthetic-gesture", "dvsgesture", {"max_subjects": 3, "recordings_per_class": 1, "duration_ms": 300.0}),
 ])
 def test_written_tree_reads_back_through_tonic_to_the_same_frames(tmp_path, generated, real, synthetic):
     """Every file written is read by tonic's own reader into the generated recording's frames."""

@@ -183,3 +183,25 @@ def test_runs_and_checkpoints_written_before_the_surrogate_field_load_as_arctan(
     # the old checkpoint matches today's recipe with the defaults filled in: resumed, not refused
     train(recipe, tmp_path, progress=False, data=data)
     assert load_run(tmp_path)[1] == old
+
+
+@pytest.mark.parametrize("recipe, generated, synthetic", [
+    ("nmnist.toml", "synthetic-nmnist", SMALL_SYNTHETIC),
+    ("dvsgesture.toml", "synthetic-gesture", {"max_subjects": 3, "recordings_per_class": 1, "duration_ms": 300.0}),
+])
+def test_real_data_recipes_train_on_a_tree_in_tonics_layout(tmp_path, recipe, generated, synthetic):
+    from pathlib import Path
+
+    from sast_deploy.data import DataConfig
+    from sast_deploy.tonic_layout import write_tonic_tree
+
+    write_tonic_tree(DataConfig(name=generated, synthetic=synthetic), tmp_path / "data", progress=False)
+    path = Path(__file__).resolve().parents[1] / "train" / recipe
+    with pytest.raises(Exception, match="data_dir is required"):
+        train(load_recipe(path, ["training.epochs=1"]), tmp_path / "none", progress=False)
+    r = load_recipe(path, [f"data.data_dir={tmp_path / 'data'}", "training.epochs=1", "data.n_time_bins=10", "data.max_train=120"])
+    metrics = train(r, tmp_path / "run", progress=False)
+    n_classes = 10 if recipe == "nmnist.toml" else 11
+    files = len([f for f in (tmp_path / "data").rglob("*") if f.suffix in (".bin", ".npy") and "Test" not in str(f)])
+    assert metrics["n_train"] == min(120, files) and sum(metrics["train_class_counts"]) == metrics["n_train"]
+    assert len(metrics["train_class_counts"]) == n_classes and min(metrics["train_class_counts"]) > 0
