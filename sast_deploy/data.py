@@ -19,6 +19,7 @@ N files (tonic lists N-MNIST by digit folder, so the first N are a few digits on
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -174,10 +175,14 @@ class FrameDecoder:
 
     cfg: DataConfig
 
+    @functools.cached_property
+    def transform(self):
+        return frame_transform(self.cfg)
+
     def __call__(self, events: np.ndarray) -> np.ndarray:
         out = np.zeros(self.cfg.sample_shape(), dtype=np.uint8)
         if len(events):
-            fr = frame_transform(self.cfg)(events)
+            fr = self.transform(events)
             out[: fr.shape[0]] = fr[: self.cfg.n_time_bins]
         return out
 
