@@ -309,22 +309,22 @@ class FixedPointNet:
     @torch.no_grad()
     def run(self, frames: torch.Tensor, record: bool = False):
         """Output spike counts [B, classes] for binary frames [B, T, P, H, W]; with ``record``
-        also every layer's spikes [T, B, ...] (uint8)."""
-        spikes = frames.transpose(0, 1)  # [T, B, ...], the frames' integer type
+        also every layer's spikes [B, T, ...] (uint8)."""
+        spikes = frames  # [B, T, ...]: samples stay first, so no layer's input is transposed
         recorded = []
         for q, synapse in zip(self.qnet.layers, self._synapses):
-            n_t, b = spikes.shape[:2]
-            a_all = synapse(spikes.reshape(n_t * b, *spikes.shape[2:]))  # all steps at once
-            a_all = a_all.reshape(n_t, b, *a_all.shape[1:])
-            v = torch.zeros_like(a_all[0])
+            b, n_t = spikes.shape[:2]
+            a_all = synapse(spikes.reshape(b * n_t, *spikes.shape[2:]))  # all steps at once
+            a_all = a_all.reshape(b, n_t, *a_all.shape[1:])
+            v = torch.zeros_like(a_all[:, 0])
             out = []
             for t in range(n_t):
-                s, v = lif_step_fixed_point(a_all[t], v, q.v_decay, q.vth_mant)
+                s, v = lif_step_fixed_point(a_all[:, t], v, q.v_decay, q.vth_mant)
                 out.append(s.to(torch.uint8))
-            spikes = torch.stack(out)
+            spikes = torch.stack(out, dim=1)
             if record:
                 recorded.append(spikes)
-        counts = spikes.sum(0, dtype=torch.int64).reshape(spikes.shape[1], -1)
+        counts = spikes.sum(1, dtype=torch.int64).reshape(spikes.shape[0], -1)
         return (counts, recorded) if record else counts
 
 
@@ -370,6 +370,16 @@ class Emulation:
         }
 
 
+def _spikes_per_input(s: torch.Tensor) -> torch.Tensor:
+    """Spikes per input neuron of s [A, B, ...] summed over A and B, float64 [...]. numpy's
+    reduction over the rows of a contiguous [A * B, inputs] array is several times faster
+    than torch's over the leading dims of a uint8 tensor (12 ms against 96 ms for N-MNIST's
+    200 x 30 x 2312 inputs)."""
+    flat = s.reshape(s.shape[0] * s.shape[1], -1).numpy()
+    acc = np.float64 if flat.dtype.kind == "f" else np.int64
+    return torch.from_numpy(np.add.reduce(flat, axis=0, dtype=acc).astype(np.float64)).reshape(s.shape[2:])
+
+
 def emulate(qnet: QuantizedNet, frames: torch.Tensor, batch_size: int = 256, progress: bool = False) -> Emulation:
     """Run the emulator over frames [N, T, P, H, W]: output counts plus the activity that
     SynOps (synaptic operations: each spike entering a layer times its fan-out) counts."""
@@ -383,9 +393,9 @@ def emulate(qnet: QuantizedNet, frames: torch.Tensor, batch_size: int = 256, pro
         x = frames[start : start + batch_size]
         c, layer_spikes = emu.run(x, record=True)
         counts.append(c)
-        entering = [x.transpose(0, 1)] + layer_spikes[:-1]
+        entering = [x] + layer_spikes[:-1]  # each [B, T, ...]
         for i in range(L):
-            per_input = entering[i].sum(dim=(0, 1), dtype=torch.int64).double().reshape(fan[i].shape)  # spikes per input neuron
+            per_input = _spikes_per_input(entering[i]).reshape(fan[i].shape)
             inputs[i] += float(per_input.sum())
             synops[i] += float((per_input * fan[i]).sum())
             spikes[i] += float(layer_spikes[i].sum(dtype=torch.int64))
@@ -395,5 +405,11 @@ def emulate(qnet: QuantizedNet, frames: torch.Tensor, batch_size: int = 256, pro
 
 
 def emulate_counts(qnet: QuantizedNet, frames: torch.Tensor, batch_size: int = 256, progress: bool = False) -> torch.Tensor:
-    """Emulator output spike counts [N, classes] for uint8/float frames [N, T, P, H, W]."""
-    return emulate(qnet, frames, batch_size, progress).counts
+    """Emulator output spike counts [N, classes] for uint8/float frames [N, T, P, H, W]
+    (:func:`emulate` without the activity statistics)."""
+    from tqdm import tqdm
+
+    emu = FixedPointNet(qnet)
+    counts = [emu.run(frames[start : start + batch_size])
+              for start in tqdm(range(0, len(frames), batch_size), desc="emulator", disable=not progress, unit="batch")]
+    return torch.cat(counts) if counts else torch.zeros(0, qnet.n_classes, dtype=torch.int64)
