@@ -74,7 +74,9 @@ def instrumented(out_dir: Path):
 
     def stop(self):
         record = {k: v for k, v in stats.items()}
-        record.update(model=type(self).__name__, cpu=stats.get("cpu_last", 0.0) - stats.get("cpu0", 0.0))
+        out_port = getattr(self, "a_out", None) or getattr(self, "s_out", None)
+        size = f" ({out_port.shape[0]} out)" if out_port is not None else ""
+        record.update(model=type(self).__name__ + size, cpu=stats.get("cpu_last", 0.0) - stats.get("cpu0", 0.0))
         (out_dir / f"{os.getpid()}.json").write_text(json.dumps(record))
         originals[(PyLoihiProcessModel, "_stop")](self)
 

@@ -1,12 +1,13 @@
 """Faster Lava process models for the simulator, bit-identical to Lava's own.
 
-Where a Lava time step goes (``benchmarks/lava_step_profile.py``; numbers in the README):
-nearly all of it is the synchronisation between the worker processes (one per process
-model, plus the runtime service), not the arithmetic. The Dense product of the
-2312-128-10 MLP takes a few tens of microseconds of a step of about 0.7 ms. So the product
-is made event-driven (it touches only the weight columns of the inputs that spiked, as
-Loihi does), and the real gain comes from simulating K samples per time step in one graph
-of the same number of processes: K copies of the network side by side.
+Where a Lava time step goes (``benchmarks/lava_step_profile.py``; numbers in the README,
+"Simulation speed"): nearly all of it is the synchronisation between the worker processes
+(one per process model, plus the runtime service), not the arithmetic, which is 14 % of
+the CPU time of a step of the 2312-128-10 MLP (the 2312-128 Dense product 77 µs of about
+1.2 ms). So the product is made event-driven (it touches only the weight columns of the
+inputs that spiked, as Loihi does), which does not by itself speed up one copy, and the
+gain comes from simulating K samples per time step in one graph of the same number of
+processes: K copies of the network side by side.
 
 * :class:`PyEventDenseModel`: lava's ``Dense`` process, bit-identical to
   ``PyDenseModelBitAcc`` (the same weight pipeline through Lava's weight utilities, the
@@ -40,9 +41,9 @@ from lava.proc.dense.process import Dense
 from lava.utils.weightutils import clip_weights, determine_sign_mode, truncate_weights
 
 # The event path costs about one weight-row copy per input spike, the dense path (BLAS on
-# all K * n_in inputs) about 1/16 of that per input (measured on 2 cores, 2312-128 layer):
-# the dense path is taken when more than 1 input in 16 spiked.
-DENSE_PATH_MIN_DENSITY = 1 / 16
+# all K * n_in inputs) about 1/50 of that per input (measured on 2 cores, 2312-128 layer,
+# K = 1 to 32): the dense path is taken when more than 2 % of the inputs spiked.
+DENSE_PATH_MIN_DENSITY = 1 / 50
 
 # float32 represents every integer of magnitude <= 2^24 exactly, so a float32 sum of
 # integers whose absolute values add up to at most 2^24 is exact in any order.
@@ -65,9 +66,9 @@ class CopiesProduct:
 
     Sparse steps are event-driven: only the weight columns (stored as rows of w^T) of the
     inputs that spiked are added. Dense steps use one BLAS product per step over the K
-    copies in floating point, exact because every partial sum is an integer of magnitude
-    at most n_in * max|w| (checked below 2^24 for float32, else float64 is used, exact
-    below 2^53). Graded (non-binary) inputs always take the int64 product.
+    copies. Both sum in floating point, exact because every partial sum is an integer of
+    magnitude at most n_in * max|w| (float32 when that is at most 2^24, else float64, exact
+    up to 2^53). Graded (non-binary) inputs take the int64 product.
     """
 
     def __init__(self, w: np.ndarray, copies: int):
@@ -93,13 +94,13 @@ class CopiesProduct:
         return self._events(spiked)
 
     def _events(self, spiked: np.ndarray) -> np.ndarray:
-        out = np.zeros((self.copies, self.n_out), dtype=np.int64)
+        out = np.zeros((self.copies, self.n_out), dtype=self.float_columns.dtype)
         if spiked.size:
             copy = spiked // self.n_in
-            rows = self.columns[spiked - copy * self.n_in]  # one weight column per spike
+            rows = self.float_columns[spiked - copy * self.n_in]  # one weight column per spike
             starts = np.flatnonzero(np.r_[True, copy[1:] != copy[:-1]])  # spiked is sorted by copy
             out[copy[starts]] = np.add.reduceat(rows, starts, axis=0)
-        return out.reshape(-1)
+        return out.astype(np.int64).reshape(-1)  # exact integers (see class doc)
 
     def _dense(self, spikes: np.ndarray) -> np.ndarray:
         s = spikes.reshape(self.copies, self.n_in).astype(self.float_columns.dtype)

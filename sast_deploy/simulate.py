@@ -101,6 +101,11 @@ def group_copies(frames: np.ndarray, copies: int) -> np.ndarray:
     return x.reshape(groups, t, copies * frames.shape[2], *frames.shape[3:])
 
 
+# K for batched simulation. Measured (README, "Simulation speed"; trained 2312-128-10 MLP,
+# 2 cores): 10.4x the samples/s of stock single-copy Lava at K = 32, 8.1x at 16, 13.2x at 64.
+DEFAULT_COPIES = 32
+
+
 def simulate_lava(
     net_path: str | Path, frames: np.ndarray, progress: bool = True, chunks: Optional[int] = None,
     hardware: Optional[SimulatorConfig] = None, copies: int = 1, event_driven: bool = True,
