@@ -91,7 +91,8 @@ def input_buffer(frames: np.ndarray, first_kind: str, n_layers: int) -> np.ndarr
 
 def group_copies(frames: np.ndarray, copies: int) -> np.ndarray:
     """[N, T, P, H, W] -> [ceil(N/K), T, K*P, H, W]: K samples side by side along the channels
-    (zero samples pad the last group); the layout :func:`replicate` expects."""
+    (zero samples pad the last group); the layout :class:`sast_deploy.lava_models.CopiesNetwork`
+    reads (copy k on channels k*P ... (k+1)*P)."""
     n, t = frames.shape[:2]
     groups = -(-n // copies)
     padded = np.zeros((groups * copies,) + frames.shape[1:], dtype=frames.dtype)
@@ -100,40 +101,40 @@ def group_copies(frames: np.ndarray, copies: int) -> np.ndarray:
     return x.reshape(groups, t, copies * frames.shape[2], *frames.shape[3:])
 
 
+# K for batched simulation. Measured (README, "Simulation speed"; trained 2312-128-10 MLP,
+# 2 cores): 10.4x the samples/s of stock single-copy Lava at K = 32, 8.1x at 16, 13.2x at 64.
+DEFAULT_COPIES = 32
+
+
 def simulate_lava(
     net_path: str | Path, frames: np.ndarray, progress: bool = True, chunks: Optional[int] = None,
-    hardware: Optional[SimulatorConfig] = None, copies: int = 1,
+    hardware: Optional[SimulatorConfig] = None, copies: int = 1, event_driven: bool = True,
 ) -> SimulationResult:
-    """Run ``frames`` [N, T, P, H, W] (binary) through the netx network on Lava's simulator;
-    with ``copies`` = K, K copies of the network in one graph each take a different sample
-    (see :func:`replicate`); outputs are bit-identical to K = 1."""
+    """Run ``frames`` [N, T, P, H, W] (binary) through the netx network on Lava's simulator.
+
+    ``event_driven`` selects the event-driven Dense model
+    (:class:`sast_deploy.lava_models.PyEventDenseModel`) through the run config; False runs
+    Lava's stock ``PyDenseModelBitAcc`` (K = 1 only). With ``copies`` = K, K copies of the
+    network in one graph each take a different sample
+    (:class:`sast_deploy.lava_models.CopiesNetwork`). Outputs are bit-identical in all cases.
+    """
     if copies < 1:
         raise SimulationError(f"copies must be >= 1, got {copies}")
-    if copies == 1:
-        return _simulate_graph(net_path, frames, progress, chunks, hardware, sparse=False)
-    import tempfile
-
-    from .export import write_netx
-    from .quantize import replicate
-
+    if copies > 1 and not event_driven:
+        raise SimulationError("K copies per graph use the event-driven models (event_driven=True)")
+    frames = np.asarray(frames)
     n = len(frames)
-    with tempfile.TemporaryDirectory() as tmp:
-        path = write_netx(replicate(read_netx(net_path), copies), Path(tmp) / "copies.h5")
-        # block-diagonal dense weights. Measured on 2 cores (trained 2312-128-10 MLP, T=30):
-        # Dense synapse 1.96x the samples/s of K=1 at K=2, 1.5x at K=4, 1.0x at K=8 (its cost
-        # grows with K^2); netx's Sparse synapse stays at ~1.0x for K=2..16 (it slices its
-        # CSR matrix per step at a cost proportional to all synapses)
-        res = _simulate_graph(path, group_copies(np.asarray(frames), copies), progress, chunks, hardware, sparse=False,
-                              samples_per_window=copies)
+    grouped = group_copies(frames, copies) if copies > 1 else frames
+    res = _simulate_graph(net_path, grouped, progress, chunks, hardware, copies, event_driven)
     res.counts = res.counts.reshape(-1, res.counts.shape[1] // copies)[:n]  # [G, K*C] -> [G*K, C], sample order
     return res
 
 
 def _simulate_graph(
     net_path: str | Path, frames: np.ndarray, progress: bool = True, chunks: Optional[int] = None,
-    hardware: Optional[SimulatorConfig] = None, sparse: bool = False, samples_per_window: int = 1,
+    hardware: Optional[SimulatorConfig] = None, copies: int = 1, event_driven: bool = True,
 ) -> SimulationResult:
-    """One Lava graph over ``frames`` [N, T, P, H, W].
+    """One Lava graph over ``frames`` [N, T, K*P, H, W] (K copies of the network).
 
     The graph is built and compiled once; the runtime then steps through the samples in up
     to ``chunks`` consecutive ``run()`` calls (whole samples each, so the progress bar moves;
@@ -143,11 +144,14 @@ def _simulate_graph(
     """
     hardware = hardware or SimulatorConfig.load()
     chunks = chunks or hardware.chunks
+    if event_driven and hardware.select_tag != "fixed_pt":
+        raise SimulationError(f"the event-driven models are fixed point; {hardware.name} selects {hardware.select_tag}")
     # lava-dl's slayer prints CUDA and Prophesee notices on import (errors still raise)
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
         from lava.lib.dl.netx.hdf5 import Network
+
+        from .lava_models import CopiesNetwork, run_config
     from lava.magma.core.run_conditions import RunSteps
-    from lava.magma.core.run_configs import Loihi2SimCfg
     from lava.proc.io.sink import RingBuffer as Sink
     from lava.proc.io.source import RingBuffer as Source
     from tqdm import tqdm
@@ -158,29 +162,32 @@ def _simulate_graph(
     r = t + n_layers
     if n == 0:
         raise SimulationError("no samples to simulate")
-    data = input_buffer(np.asarray(frames), qnet.layers[0].kind, n_layers)
-    net = Network(net_config=str(net_path), reset_interval=r, sparse_fc_layer=sparse)
+    data = input_buffer(frames, qnet.layers[0].kind, n_layers)
+    if copies == 1:
+        net = Network(net_config=str(net_path), reset_interval=r)
+    else:
+        net = CopiesNetwork(str(net_path), copies=copies, reset_interval=r)
     if tuple(net.inp.shape) != data.shape[:-1]:
         raise SimulationError(f"{net_path}: the network's input port has shape {tuple(net.inp.shape)}, the data {data.shape[:-1]}")
     source = Source(data=data)
     sink = Sink(shape=net.out.shape, buffer=n * r)
     source.s_out.connect(net.inp)
     net.out.connect(sink.a_in)
-    run_cfg = Loihi2SimCfg(select_tag=hardware.select_tag)
+    run_cfg = run_config(event_driven, hardware.select_tag, net)
     per_chunk = max(1, -(-n // max(1, chunks)))
     t0 = time.perf_counter()
     with lava_runtime(net, run_cfg):
         compile_s = time.perf_counter() - t0
         t0 = time.perf_counter()
-        with tqdm(total=n * samples_per_window, desc="lava simulator", disable=not progress, unit="sample") as bar:
+        with tqdm(total=n * copies, desc="lava simulator", disable=not progress, unit="sample") as bar:
             done = 0
             while done < n:
                 k = min(per_chunk, n - done)
                 net.run(condition=RunSteps(num_steps=k * r), run_cfg=run_cfg)
                 done += k
-                bar.update(k * samples_per_window)
+                bar.update(k * copies)
         seconds = time.perf_counter() - t0
         out = np.asarray(sink.data.get())
     counts = out.reshape(-1, n, r).sum(axis=2).T.astype(np.int64)  # [N, classes]
     return SimulationResult(counts=counts, seconds=seconds, compile_seconds=compile_s, timesteps=n * r,
-                            samples=n * samples_per_window)
+                            samples=n * copies)
