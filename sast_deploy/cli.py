@@ -25,6 +25,7 @@ import numpy as np
 
 from .errors import EXIT_BAD_INPUT, EXIT_SIGINT, EXIT_SIGTERM, SastDeployError, Terminated, one_line
 from .quantize import QuantizationError
+from .simulate import DEFAULT_COPIES
 from .signals import terminate_raises
 
 RECIPES_DIR = Path(__file__).resolve().parent.parent / "train"
@@ -256,7 +257,7 @@ def cmd_demo(args) -> int:
     compared = []
     for label, run, _ in runs:
         print(f"\n== {label}: export to Loihi 2 fixed point, emulate the test split, run {args.lava_samples} samples on Lava")
-        compared.append((label, compare_run(run, samples=args.lava_samples, progress=True, copies=2)))
+        compared.append((label, compare_run(run, samples=args.lava_samples, progress=True)))
     print("\nDeployment (hard spikes): float PyTorch, quantized emulator, Lava simulator\n")
     print(compare_markdown(compared))
     return 0
@@ -318,9 +319,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--samples", type=int, default=500, help="test samples to run: a seeded class-stratified subset (0 = all)")
     p.add_argument("--out", help="output JSON (default RUN_DIR/simulate.json)")
     p.add_argument("--hardware", help="simulator run config (default hardware/lava-sim.toml)")
-    p.add_argument("--copies", type=int, default=2,
-                   help="K network copies in one graph, each on its own sample, bit-identical to K=1 (default 2: "
-                        "the fastest measured, about 2x K=1; see benchmarks/batched_simulation.py)")
+    p.add_argument("--copies", type=int, default=DEFAULT_COPIES,
+                   help=f"K network copies in one graph, each on its own sample, bit-identical to K=1 (default {DEFAULT_COPIES}: "
+                        "see benchmarks/simulation_speed.py)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_simulate)
 
@@ -329,7 +330,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--samples", type=int, default=500, help="test samples run on Lava, a seeded class-stratified subset (the emulator runs them all; 0 = all)")
     p.add_argument("--spec", help="target spec TOML (default export/loihi2.toml)")
     p.add_argument("--weight-bits", type=int, help="weight mantissa bits, overrides the spec (files get a -wN suffix)")
-    p.add_argument("--copies", type=int, default=2, help="network copies per Lava graph (see simulate --copies)")
+    p.add_argument("--copies", type=int, default=DEFAULT_COPIES, help="network copies per Lava graph (see simulate --copies)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_compare)
 

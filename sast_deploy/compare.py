@@ -24,7 +24,7 @@ from .fileio import atomic_write_text
 from .lock import run_lock
 from .model import predict
 from .quantize import Emulation, Loihi2Spec, QuantizedNet, emulate, quantize
-from .simulate import simulate_lava
+from .simulate import DEFAULT_COPIES, simulate_lava
 from .train import RunError, accuracy_pct, distributed_context, is_rank_zero, load_run, output_counts
 
 DEFAULT_SPEC = Path(__file__).resolve().parent.parent / "export" / "loihi2.toml"
@@ -65,7 +65,7 @@ def precision_suffix(spec: Loihi2Spec) -> str:
 
 
 def compare_run(run_dir: str | Path, samples: int = 500, progress: bool = True, spec: Optional[Loihi2Spec] = None,
-                copies: int = 1) -> Dict[str, object]:
+                copies: int = DEFAULT_COPIES) -> Dict[str, object]:
     """Writes RUN_DIR/compare.json and compare.md (compare-w4.json etc. below 8 weight bits).
     The run directory is locked meanwhile (rank 0 holds the lock under torchrun)."""
     run_dir = Path(run_dir)

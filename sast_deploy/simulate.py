@@ -101,8 +101,8 @@ def group_copies(frames: np.ndarray, copies: int) -> np.ndarray:
     return x.reshape(groups, t, copies * frames.shape[2], *frames.shape[3:])
 
 
-# K for batched simulation. Measured (README, "Simulation speed"; trained 2312-128-10 MLP,
-# 2 cores): 10.4x the samples/s of stock single-copy Lava at K = 32, 8.1x at 16, 13.2x at 64.
+# K for batched simulation: the smallest K that reached 10x stock single-copy Lava in
+# benchmarks/simulation_speed.py (its figures: README, "Simulation speed").
 DEFAULT_COPIES = 32
 
 

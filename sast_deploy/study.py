@@ -111,6 +111,6 @@ def run_study(study: Study, out: str | Path, progress: bool = True, log=print,
                     recipe = load_recipe(study.base, [*m.set, f"training.seed={seed}"])
                     train(recipe, d, progress=progress)
             if not (d / "compare.json").exists():
-                compare_run(d, samples=study.lava_samples, progress=progress, copies=2)
+                compare_run(d, samples=study.lava_samples, progress=progress)
             done.append(d)
     return done
