@@ -45,6 +45,13 @@ SACCADE_PATH_PX: Tuple[Tuple[float, float], ...] = ((0.0, 0.0), (3.5, 7.0), (7.0
 GENERATOR_VERSION = 1  # bump when the generator's output changes for the same parameters
 
 
+def config_cache_key(config, version: int) -> str:
+    """16 hex digits of the SHA-256 of a generator config's fields and its generator version:
+    the cached dataset's file name, so any change of either regenerates the data."""
+    payload = json.dumps({"v": version, **dataclasses.asdict(config)}, sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
 @file_data
 @dataclass(frozen=True)
 class SyntheticNMNISTConfig:
@@ -73,8 +80,7 @@ class SyntheticNMNISTConfig:
     variant_scale: float = 0.06  # std of the relative size of a variant
 
     def cache_key(self) -> str:
-        payload = json.dumps({"v": GENERATOR_VERSION, **dataclasses.asdict(self)}, sort_keys=True)
-        return hashlib.sha256(payload.encode()).hexdigest()[:16]
+        return config_cache_key(self, GENERATOR_VERSION)
 
 
 def _min_jerk(s: np.ndarray) -> np.ndarray:

@@ -25,14 +25,13 @@ ones last about 6 s; most SNN work uses the first 1-2 s).
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 from dataclasses import dataclass
 from typing import Dict, Tuple
 
 import numpy as np
 
-from .synthetic import DVSPixel, EventSplit, SyntheticNMNISTConfig, dvs_pixel_events, generate_parallel, pack_split
+from .synthetic import (DVSPixel, EventSplit, SyntheticNMNISTConfig, config_cache_key, dvs_pixel_events, generate_parallel,
+                        pack_split)
 from .validation import file_data
 
 #: Class names and order of tonic's ``DVSGesture`` (image left/right: the subject's right
@@ -88,8 +87,7 @@ class SyntheticGestureConfig:
             raise ValueError(f"test_subjects must be in (0, n_subjects={self.n_subjects}), got {self.test_subjects}")
 
     def cache_key(self) -> str:
-        payload = json.dumps({"v": GESTURE_GENERATOR_VERSION, **dataclasses.asdict(self)}, sort_keys=True)
-        return hashlib.sha256(payload.encode()).hexdigest()[:16]
+        return config_cache_key(self, GESTURE_GENERATOR_VERSION)
 
 
 @dataclass(frozen=True)
