@@ -134,11 +134,11 @@ def main(argv=None) -> int:
 
     from sast_deploy.simulate import simulate_lava
 
-    net_path, frames = run_network_and_frames(args.run, args.samples)
+    qnet, frames = run_network_and_frames(args.run, args.samples)
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp)
         with instrumented(out):
-            res = simulate_lava(net_path, np.asarray(frames), progress=False, copies=args.copies, event_driven=not args.stock, chunks=1)
+            res = simulate_lava(qnet, np.asarray(frames), progress=False, copies=args.copies, event_driven=not args.stock, chunks=1)
         steps = res.timesteps
         print(f"{'stock' if args.stock else 'event-driven'} models, K = {args.copies}: {res.samples_per_s:.1f} samples/s")
         print(breakdown(out, steps, 1e6 * res.seconds / steps))

@@ -15,7 +15,6 @@ thread per worker.
 from __future__ import annotations
 
 import argparse
-import tempfile
 import time
 from pathlib import Path
 from typing import Callable, List, Tuple
@@ -23,26 +22,24 @@ from typing import Callable, List, Tuple
 import numpy as np
 import torch
 
-from sast_deploy.export import read_netx, write_netx
-from sast_deploy.quantize import emulate_counts, quantize
+from sast_deploy.emulator import emulate_counts
+from sast_deploy.export import read_netx
+from sast_deploy.quantize import QuantizedNet, load_spec, quantize
 from sast_deploy.simulate import simulate_lava
 
 
-def run_network_and_frames(run: str, samples: int) -> Tuple[Path, torch.Tensor]:
-    """A trained run's network (its net.h5, else exported now) and its first test samples."""
+def run_network_and_frames(run: str, samples: int) -> Tuple[QuantizedNet, torch.Tensor]:
+    """A trained run's network (its net.h5, else quantized now) and its first test samples."""
     from sast_deploy.data import load_dataset
     from sast_deploy.train import load_run
 
-    _, recipe, _ = load_run(run)
+    model, recipe, _ = load_run(run)
     net = Path(run) / "net.h5"
-    if not net.is_file():
-        from sast_deploy.compare import export_run
-
-        net = Path(export_run(run, Path(tempfile.mkdtemp()) / "net.h5")["net"])
-    return net, load_dataset(recipe.data, progress=False)[1].frames[:samples]
+    qnet = read_netx(net) if net.is_file() else quantize(model, load_spec())
+    return qnet, load_dataset(recipe.data, progress=False)[1].frames[:samples]
 
 
-def random_network_and_frames(kind: str, samples: int, time_bins: int = 30) -> Tuple[Path, torch.Tensor]:
+def random_network_and_frames(kind: str, samples: int, time_bins: int = 30) -> Tuple[QuantizedNet, torch.Tensor]:
     """A random MLP (2312-128-10) or conv net with weights strong enough to make every layer
     spike, on random input spikes (5 % per bin, about N-MNIST's rate)."""
     from sast_deploy.model import ModelConfig, build_model
@@ -54,9 +51,8 @@ def random_network_and_frames(kind: str, samples: int, time_bins: int = 30) -> T
     with torch.no_grad():
         for p in model.parameters():
             p.mul_(4.0)
-    net = write_netx(quantize(model), Path(tempfile.mkdtemp()) / "net.h5")
     g = torch.Generator().manual_seed(1)
-    return net, (torch.rand(samples, time_bins, *shape, generator=g) < 0.05).to(torch.uint8)
+    return quantize(model), (torch.rand(samples, time_bins, *shape, generator=g) < 0.05).to(torch.uint8)
 
 
 def best_of(repeats: int, fn: Callable[[], np.ndarray]) -> Tuple[float, np.ndarray]:
@@ -80,16 +76,15 @@ def main(argv=None) -> int:
     ap.add_argument("--emulator-repeats", type=int, default=5, help="the emulator's time is the best of this many runs")
     args = ap.parse_args(argv)
 
-    net, frames = run_network_and_frames(args.run, args.samples) if args.run else random_network_and_frames(args.random, args.samples)
-    qnet = read_netx(net)
+    qnet, frames = run_network_and_frames(args.run, args.samples) if args.run else random_network_and_frames(args.random, args.samples)
     n = len(frames)
     print(f"{args.run or 'random ' + args.random}: {n} samples, T={frames.shape[1]}, layers "
           f"{[(q.kind, q.weight.shape) for q in qnet.layers]}, input spikes per bin {float(frames.float().mean()):.3f}", flush=True)
-    stock = simulate_lava(net, frames.numpy(), progress=False, event_driven=False)
+    stock = simulate_lava(qnet, frames.numpy(), progress=False, event_driven=False)
     rows: List[Tuple[str, float, np.ndarray]] = [("Lava, stock Dense model, K=1", stock.samples_per_s, stock.counts)]
     print(f"  (stock Lava compiled in {stock.compile_seconds:.1f} s; output spikes per sample {stock.counts.sum(1).mean():.1f})", flush=True)
     for k in [1] + [int(c) for c in args.copies.split(",") if c]:
-        res = simulate_lava(net, frames.numpy(), progress=False, copies=k)
+        res = simulate_lava(qnet, frames.numpy(), progress=False, copies=k)
         rows.append((f"Lava, event-driven Dense, K={k}", res.samples_per_s, res.counts))
         print(f"  ({rows[-1][0]} compiled in {res.compile_seconds:.1f} s)", flush=True)
     for threads in [int(c) for c in args.emulator_threads.split(",")]:

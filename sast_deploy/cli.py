@@ -24,6 +24,7 @@ from typing import List, Optional
 import numpy as np
 
 from .errors import EXIT_BAD_INPUT, EXIT_SIGINT, EXIT_SIGTERM, SastDeployError, Terminated, one_line
+from .export import EXPORT_TARGETS
 from .quantize import QuantizationError
 from .simulate import DEFAULT_COPIES
 from .signals import terminate_raises
@@ -74,7 +75,7 @@ def cmd_evaluate(args) -> int:
 def _spec(args):
     import dataclasses
 
-    from .compare import load_spec
+    from .quantize import load_spec
 
     spec = load_spec(getattr(args, "spec", None))
     bits = getattr(args, "weight_bits", None)
@@ -85,15 +86,8 @@ def _spec(args):
     return spec
 
 
-EXPORT_TARGETS = {
-    "lava": "Loihi 2 fixed point as lava-dl netx HDF5 (RUN_DIR/net.h5), loads as a Lava process graph",
-    "nir": "the float network as a NIR graph (RUN_DIR/net.nir), for norse, snnTorch, Rockpool, Sinabs, ...",
-    "onnx": "the quantized hard-spike network as an integer ONNX one-step graph (RUN_DIR/net.onnx)",
-}
-
-
 def cmd_export(args) -> int:
-    from .compare import export_run
+    from .export import export_run
 
     if args.target is None or args.run_dir is None:
         print("export targets:")
@@ -103,20 +97,10 @@ def cmd_export(args) -> int:
     if args.target not in EXPORT_TARGETS:
         print(f"sast-deploy export: error: unknown target {args.target!r}; known: {', '.join(EXPORT_TARGETS)}", file=sys.stderr)
         return 2
-    if args.target in ("nir", "onnx"):
-        from .interchange import write_nir, write_onnx
-        from .quantize import quantize
-        from .train import load_run
-
-        model, _, _ = load_run(args.run_dir)
-        out = Path(args.out) if args.out else Path(args.run_dir) / f"net.{args.target}"
-        if args.target == "nir":
-            write_nir(model, out)
-        else:
-            write_onnx(quantize(model, _spec(args)), out)
-        print(f"wrote {out} ({args.target})")
+    report = export_run(args.run_dir, args.out, _spec(args), target=args.target)
+    if args.target != "lava":
+        print(f"wrote {report['net']} ({args.target})")
         return 0
-    report = export_run(args.run_dir, args.out, _spec(args))
     print(f"wrote {report['net']} ({report['target']})")
     print("| layer | kind | weights | scale | vThMant | vDecay | clipped | mean abs quant error | warnings |")
     print("|---|---|---|---|---|---|---|---|---|")
@@ -142,7 +126,7 @@ def cmd_simulate(args) -> int:
     idx = stratified_subset(test.labels.numpy(), args.samples, recipe.data.subset_seed)  # all when --samples 0
     from .simulate import SimulatorConfig
 
-    res = simulate_lava(args.net, test.frames_at(idx).numpy(), progress=not args.quiet, hardware=SimulatorConfig.load(args.hardware),
+    res = simulate_lava(qnet, test.frames_at(idx).numpy(), progress=not args.quiet, hardware=SimulatorConfig.load(args.hardware),
                         copies=args.copies)
     pred = predict(res.counts)
     labels = test.labels[idx].numpy()
@@ -162,7 +146,8 @@ def cmd_simulate(args) -> int:
 
 
 def cmd_compare(args) -> int:
-    from .compare import compare_markdown, compare_run, precision_suffix
+    from .compare import compare_markdown, compare_run
+    from .export import precision_suffix
 
     spec = _spec(args)
     result = compare_run(args.run_dir, samples=args.samples, progress=not args.quiet, spec=spec, copies=args.copies)
@@ -175,7 +160,7 @@ def cmd_compare(args) -> int:
 
 
 def cmd_precision(args) -> int:
-    from .compare import precision_markdown, precision_table
+    from .precision import precision_markdown, precision_table
     from .fileio import atomic_write_text
 
     bits = tuple(int(b) for b in args.bits.split(","))

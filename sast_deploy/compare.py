@@ -9,44 +9,23 @@ Accuracies are percent; gaps are percentage points:
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import os
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
 
 from .data import FrameDataset, class_counts, load_dataset, stratified_subset
-from .export import read_netx, write_netx
+from .emulator import Emulation, emulate
+from .export import precision_suffix, write_run_netx
 from .fileio import atomic_write_text
 from .lock import run_lock
-from .model import predict
-from .quantize import Emulation, Loihi2Spec, QuantizedNet, emulate, quantize
-from .simulate import DEFAULT_COPIES, simulate_lava
+from .model import SpikingNet, predict
+from .quantize import Loihi2Spec, QuantizedNet, load_spec, quantize
+from .simulate import DEFAULT_COPIES, SimulationResult, simulate_lava
 from .train import RunError, accuracy_pct, distributed_context, is_rank_zero, load_run, output_counts
-
-DEFAULT_SPEC = Path(__file__).resolve().parent.parent / "export" / "loihi2.toml"
-
-
-def load_spec(path: Optional[str | Path] = None) -> Loihi2Spec:
-    """The target spec of ``path``; without one, export/loihi2.toml (built-in defaults when that is
-    absent). A named file that does not exist is an error, never silently the default."""
-    if path:
-        return Loihi2Spec.from_toml(path)
-    return Loihi2Spec.from_toml(DEFAULT_SPEC) if DEFAULT_SPEC.is_file() else Loihi2Spec()
-
-
-def export_run(run_dir: str | Path, out: Optional[str | Path] = None, spec: Optional[Loihi2Spec] = None) -> Dict[str, object]:
-    """Quantize a run and write its netx HDF5 (default RUN_DIR/net.h5) and quantization.json."""
-    model, recipe, _ = load_run(run_dir)
-    qnet = quantize(model, spec or load_spec())
-    out = Path(out) if out else Path(run_dir) / "net.h5"
-    write_netx(qnet, out, metadata={"recipe": recipe.name, "n_time_bins": recipe.data.n_time_bins})
-    report = {"net": str(out), "target": qnet.spec.name, "layers": qnet.report()}
-    atomic_write_text(Path(run_dir) / "quantization.json", json.dumps(report, indent=2) + "\n")
-    return report
 
 
 def check_input(qnet: QuantizedNet, data: FrameDataset, net_path: Path) -> None:
@@ -59,11 +38,6 @@ def check_input(qnet: QuantizedNet, data: FrameDataset, net_path: Path) -> None:
         )
 
 
-def precision_suffix(spec: Loihi2Spec) -> str:
-    """File-name suffix of a weight precision: '' for the default 8 bits, '-w4' for 4 bits."""
-    return "" if spec.weight_bits == 8 else f"-w{spec.weight_bits}"
-
-
 def compare_run(run_dir: str | Path, samples: int = 500, progress: bool = True, spec: Optional[Loihi2Spec] = None,
                 copies: int = DEFAULT_COPIES) -> Dict[str, object]:
     """Writes RUN_DIR/compare.json and compare.md (compare-w4.json etc. below 8 weight bits).
@@ -72,46 +46,68 @@ def compare_run(run_dir: str | Path, samples: int = 500, progress: bool = True, 
     if not (run_dir / "model.pt").is_file():
         load_run(run_dir)  # the error that names what is missing, before a lock creates anything
     with run_lock(run_dir, "compare") if is_rank_zero() else contextlib.nullcontext():
-        return _compare_run(run_dir, samples, progress, spec, copies)
+        return _compare_run(run_dir, samples, progress, spec or load_spec(), copies)
 
 
-def _compare_run(run_dir: Path, samples: int, progress: bool, spec: Optional[Loihi2Spec], copies: int) -> Dict[str, object]:
-    spec = spec or load_spec()
+def _compare_run(run_dir: Path, samples: int, progress: bool, spec: Loihi2Spec, copies: int) -> Dict[str, object]:
+    """The run quantized once; that QuantizedNet is written to RUN_DIR/net.h5 (the deliverable,
+    rewritten on every compare, so it always matches the model and every field of ``spec``),
+    emulated on the full test split and handed to Lava for a class-stratified subset."""
     # Under torchrun the process group is created only after Lava has run: Lava forks its
     # process models, and forking a process that already runs gloo's threads is unsafe.
     rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
-    model, recipe, metrics = load_run(run_dir)
+    model, recipe, _ = load_run(run_dir)
+    qnet = quantize(model, spec)
     suffix = precision_suffix(spec)
     net_path = run_dir / f"net{suffix}.h5"
-    if not net_path.exists() or net_path.stat().st_mtime < (run_dir / "model.pt").stat().st_mtime:
-        export_run(run_dir, net_path, spec)  # on every rank: the export is deterministic and written atomically
-    qnet = read_netx(net_path, spec)
+    if rank == 0:
+        write_run_netx(qnet, run_dir, net_path, {"recipe": recipe.name, "n_time_bins": recipe.data.n_time_bins})
     _, test = load_dataset(recipe.data, progress=progress)
     check_input(qnet, test, net_path)
-    labels = test.labels
-    sur = output_counts(model, test, "surrogate")
-    hard = output_counts(model, test, "hard")
+    lava_idx = stratified_subset(test.labels.numpy(), samples, recipe.data.subset_seed)  # all when samples = 0
     # under torchrun each rank emulates and simulates its contiguous slice; rank 0 gathers
-    lo, hi = _shard(len(test), rank, world)
-    local_emulation = emulate(qnet, test.frames_at(range(lo, hi)), progress=progress and rank == 0)
-    lava_idx = stratified_subset(labels.numpy(), samples, recipe.data.subset_seed)  # all when samples = 0
-    n = len(lava_idx)
-    lo, hi = _shard(n, rank, world)
-    part = simulate_lava(net_path, test.frames_at(lava_idx[lo:hi]).numpy(), progress=progress and rank == 0, copies=copies) if hi > lo else None
-    if world > 1:
-        distributed_context(torch.device("cpu"))
-    emulation = Emulation.merge(_gather(local_emulation, world))
-    emu = emulation.counts
-    parts = [p for p in _gather(part, world) if p is not None]
-    lava = torch.from_numpy(np.concatenate([p.counts for p in parts]))
-    lava_seconds = max(p.seconds for p in parts)  # the ranks run side by side
-    emu_sub, hard_sub, y_sub = emu[lava_idx], hard[lava_idx], labels[lava_idx]
+    emulation, lava = _emulate_and_simulate(qnet, test, lava_idx, rank, world, progress, copies)
     result = {
         "run": str(run_dir),
         "weight_bits": spec.weight_bits,
-        "n_samples": n,
+        "n_samples": len(lava_idx),
         "n_test": len(test),
-        "lava_class_counts": class_counts(y_sub, recipe.data.spec.n_classes),  # the seeded class-stratified subset Lava ran
+        "lava_class_counts": class_counts(test.labels[lava_idx], recipe.data.spec.n_classes),  # the subset Lava ran
+        **_accuracies(model, test, emulation.counts, lava_idx, torch.from_numpy(np.concatenate([p.counts for p in lava]))),
+        "ranks": world,
+        **_lava_speed(lava, len(lava_idx)),
+        **emulation.activity(),  # SynOps and spike rates over the full test split (emulator)
+    }
+    if rank == 0:
+        atomic_write_text(run_dir / f"compare{suffix}.json", json.dumps(result, indent=2) + "\n")
+        atomic_write_text(run_dir / f"compare{suffix}.md", compare_markdown([(run_dir.name, result)]))
+    return result
+
+
+def _emulate_and_simulate(qnet: QuantizedNet, test: FrameDataset, lava_idx: np.ndarray, rank: int, world: int,
+                          progress: bool, copies: int) -> Tuple[Emulation, List[SimulationResult]]:
+    """This rank's slices (of the test split for the emulator, of ``lava_idx`` for Lava), then,
+    under torchrun, every rank's: the emulation of the full test split and Lava's results in
+    sample order."""
+    lo, hi = _shard(len(test), rank, world)
+    emulation = emulate(qnet, test.frames_at(range(lo, hi)), progress=progress and rank == 0)
+    lo, hi = _shard(len(lava_idx), rank, world)
+    part = (simulate_lava(qnet, test.frames_at(lava_idx[lo:hi]).numpy(), progress=progress and rank == 0, copies=copies)
+            if hi > lo else None)
+    if world > 1:
+        distributed_context(torch.device("cpu"))
+    return Emulation.merge(_gather(emulation, world)), [p for p in _gather(part, world) if p is not None]
+
+
+def _accuracies(model: SpikingNet, test: FrameDataset, emu: torch.Tensor, lava_idx: np.ndarray,
+                lava: torch.Tensor) -> Dict[str, float]:
+    """Accuracies (%), gaps (pp) and agreements (fractions of samples) of the float network in
+    both spike modes, the emulator's counts ``emu`` (full test split) and Lava's ``lava`` (the
+    samples ``lava_idx``)."""
+    labels = test.labels
+    sur, hard = output_counts(model, test, "surrogate"), output_counts(model, test, "hard")
+    emu_sub, hard_sub, y_sub = emu[lava_idx], hard[lava_idx], labels[lava_idx]
+    return {
         "surrogate_accuracy": accuracy_pct(sur, labels),
         "hard_accuracy": accuracy_pct(hard, labels),
         "emulator_accuracy": accuracy_pct(emu, labels),
@@ -125,16 +121,16 @@ def _compare_run(run_dir: Path, samples: int, progress: bool, spec: Optional[Loi
         "lava_emulator_prediction_agreement": float((predict(lava) == predict(emu_sub)).float().mean()),
         "lava_hard_prediction_agreement": float((predict(lava) == predict(hard_sub)).float().mean()),
         "emulator_hard_count_agreement": float((emu == hard).all(dim=1).float().mean()),
-        "ranks": world,
-        "lava_samples_per_s": n / lava_seconds,
-        "lava_timesteps_per_s": sum(p.timesteps for p in parts) / lava_seconds,
-        "lava_compile_seconds": max(p.compile_seconds for p in parts),
-        **emulation.activity(),  # SynOps and spike rates over the full test split (emulator)
     }
-    if rank == 0:
-        atomic_write_text(run_dir / f"compare{suffix}.json", json.dumps(result, indent=2) + "\n")
-        atomic_write_text(run_dir / f"compare{suffix}.md", compare_markdown([(run_dir.name, result)]))
-    return result
+
+
+def _lava_speed(parts: List[SimulationResult], n_samples: int) -> Dict[str, float]:
+    seconds = max(p.seconds for p in parts)  # the ranks run side by side
+    return {
+        "lava_samples_per_s": n_samples / seconds,
+        "lava_timesteps_per_s": sum(p.timesteps for p in parts) / seconds,
+        "lava_compile_seconds": max(p.compile_seconds for p in parts),
+    }
 
 
 def _shard(n: int, rank: int, world: int):
@@ -165,42 +161,4 @@ def compare_markdown(rows) -> str:
             f"{r['lava_emulator_agreement']:.4f} | {r['lava_hard_prediction_agreement']:.4f} | "
             f"{r['transfer_gap_pp']:+.2f} | {r['quantization_gap_pp']:+.2f} | {r['synops_per_sample']:.0f} |"
         )
-    return "\n".join(lines) + "\n"
-
-
-def precision_table(run_dirs, bits=(8, 6, 4), progress: bool = False) -> Dict[str, object]:
-    """Hard-spike accuracy of the quantized emulator at each weight precision, per run and as
-    mean ± std per optimizer (full test split)."""
-    import statistics
-
-    rows = []
-    for run in run_dirs:
-        model, recipe, metrics = load_run(run)
-        _, test = load_dataset(recipe.data, progress=progress)
-        row = {"run": str(run), "optimizer": recipe.optimizer.name, "hard_float": metrics.get("hard_accuracy")}
-        for b in bits:
-            e = emulate(quantize(model, dataclasses.replace(load_spec(), weight_bits=b)), test.frames)
-            row[f"w{b}"] = accuracy_pct(e.counts, test.labels)
-            row[f"synops_w{b}"] = e.synops_per_sample
-        rows.append(row)
-    summary = {}
-    for opt in sorted({r["optimizer"] for r in rows}):
-        group = [r for r in rows if r["optimizer"] == opt]
-        summary[opt] = {}
-        for key in ["hard_float"] + [f"w{b}" for b in bits] + [f"synops_w{b}" for b in bits]:
-            vals = [r[key] for r in group]
-            summary[opt][key] = (statistics.mean(vals), statistics.stdev(vals) if len(vals) > 1 else 0.0)
-    return {"bits": list(bits), "runs": rows, "summary": summary}
-
-
-def precision_markdown(table: Dict[str, object]) -> str:
-    bits = table["bits"]
-    head = "| method | runs | hard float % | " + " | ".join(f"hard {b}-bit %" for b in bits) + " | " + " | ".join(f"SynOps/sample {b}-bit" for b in bits) + " |"
-    lines = [head, "|" + "---|" * (3 + 2 * len(bits))]
-    for opt, s in table["summary"].items():
-        n = sum(1 for r in table["runs"] if r["optimizer"] == opt)
-        cells = [f"{s['hard_float'][0]:.2f} ± {s['hard_float'][1]:.2f}"]
-        cells += [f"{s[f'w{b}'][0]:.2f} ± {s[f'w{b}'][1]:.2f}" for b in bits]
-        cells += [f"{s[f'synops_w{b}'][0]:.0f} ± {s[f'synops_w{b}'][1]:.0f}" for b in bits]
-        lines.append(f"| {opt} | {n} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

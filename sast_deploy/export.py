@@ -17,21 +17,68 @@ has a neuron group: netx gives a dense layer without one a threshold it never re
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Dict, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import h5py
 import numpy as np
 
 from .errors import SastDeployError
-from .fileio import atomic_write_bytes
-from .quantize import QuantizedNet
-
-if TYPE_CHECKING:
-    from .quantize import Loihi2Spec
+from .fileio import atomic_write_bytes, atomic_write_text
+from .functional.lif import LOIHI_DECAY_UNITY
+from .quantize import Loihi2Spec, QuantizationError, QuantizedLayer, QuantizedNet, load_spec, quantize
 
 FORMAT_TAG = "sast-deploy netx v1"
+
+EXPORT_TARGETS = {
+    "lava": "Loihi 2 fixed point as lava-dl netx HDF5 (RUN_DIR/net.h5), loads as a Lava process graph",
+    "nir": "the float network as a NIR graph (RUN_DIR/net.nir), for norse, snnTorch, Rockpool, Sinabs, ...",
+    "onnx": "the quantized hard-spike network as an integer ONNX one-step graph (RUN_DIR/net.onnx)",
+}
+
+
+# --- entry points -------------------------------------------------------------------------
+
+
+def precision_suffix(spec: Loihi2Spec) -> str:
+    """File-name suffix of a weight precision: '' for the default 8 bits, '-w4' for 4 bits."""
+    return "" if spec.weight_bits == 8 else f"-w{spec.weight_bits}"
+
+
+def export_run(run_dir: str | Path, out: Optional[str | Path] = None, spec: Optional[Loihi2Spec] = None,
+               target: str = "lava") -> Dict[str, object]:
+    """Export a trained run to ``target`` (a key of :data:`EXPORT_TARGETS`), by default to
+    RUN_DIR/net.h5 (lava; plus quantization.json), net.nir or net.onnx. Returns what was written
+    (``net``, ``target``; for lava also the per-layer quantization report, ``layers``)."""
+    from .train import load_run  # noqa: the run files' reader
+
+    if target not in EXPORT_TARGETS:
+        raise QuantizationError(f"unknown export target {target!r}; known: {', '.join(EXPORT_TARGETS)}")
+    model, recipe, _ = load_run(run_dir)
+    out = Path(out) if out else Path(run_dir) / ("net.h5" if target == "lava" else f"net.{target}")
+    if target == "nir":
+        from .interchange import write_nir
+
+        return {"net": str(write_nir(model, out)), "target": "nir"}
+    qnet = quantize(model, spec or load_spec())
+    if target == "onnx":
+        from .interchange import write_onnx
+
+        return {"net": str(write_onnx(qnet, out)), "target": "onnx"}
+    return write_run_netx(qnet, run_dir, out, {"recipe": recipe.name, "n_time_bins": recipe.data.n_time_bins})
+
+
+def write_run_netx(qnet: QuantizedNet, run_dir: str | Path, out: str | Path, metadata: Dict[str, object]) -> Dict[str, object]:
+    """Write an already quantized run's netx HDF5 ``out`` and RUN_DIR/quantization.json (its report)."""
+    write_netx(qnet, out, metadata)
+    report = {"net": str(out), "target": qnet.spec.name, "layers": qnet.report()}
+    atomic_write_text(Path(run_dir) / "quantization.json", json.dumps(report, indent=2) + "\n")
+    return report
+
+
+# --- writing ------------------------------------------------------------------------------
 
 
 def _string(group: h5py.Group, key: str, value: str) -> None:
@@ -39,49 +86,55 @@ def _string(group: h5py.Group, key: str, value: str) -> None:
 
 
 def write_netx(qnet: QuantizedNet, path: str | Path, metadata: Dict[str, object] | None = None) -> Path:
-    """Write ``qnet`` to ``path`` atomically; returns the path."""
+    """Write ``qnet`` to ``path`` atomically; returns the path. The target spec and each layer's
+    quantization statistics travel along (metadata, attributes), so :func:`read_netx` returns
+    the network that was written."""
     path = Path(path)
+    meta = {"input_shape": list(qnet.input_shape), "spec": dataclasses.asdict(qnet.spec), **(metadata or {})}
 
     def write(tmp: str) -> None:
         with h5py.File(tmp, "w") as f:
             f.attrs["format"] = FORMAT_TAG
-            f.attrs["metadata"] = json.dumps({"input_shape": list(qnet.input_shape), **(metadata or {})})
+            f.attrs["metadata"] = json.dumps(meta)
             layers = f.create_group("layer")
             g = layers.create_group("0")
             _string(g, "type", "input")
             g.create_dataset("shape", data=np.asarray(qnet.input_shape if qnet.layers[0].kind != "dense" else qnet.layers[0].in_shape))
-            index = 1
-            prev_kind = "input"
+            index, prev_kind = 1, "input"
             for q in qnet.layers:
                 if q.kind == "dense" and prev_kind in ("conv", "pool"):
                     _string(layers.create_group(str(index)), "type", "flatten")
                     index += 1
-                g = layers.create_group(str(index))
-                index += 1
-                _string(g, "type", "dense" if q.kind == "dense" else "conv")
-                g.create_dataset("shape", data=np.asarray(q.out_shape))
-                g.create_dataset("weight", data=q.weight.astype(np.int64))
-                g.attrs["sast_kind"] = q.kind
-                g.attrs["scale"] = q.scale
-                if q.kind == "dense":
-                    g.create_dataset("inFeatures", data=q.weight.shape[1])
-                    g.create_dataset("outFeatures", data=q.weight.shape[0])
-                else:
-                    g.create_dataset("stride", data=np.asarray(q.stride))
-                    g.create_dataset("padding", data=np.asarray(q.padding))
-                    g.create_dataset("dilation", data=np.asarray([1, 1]))
-                    g.create_dataset("groups", data=q.groups)
-                n = g.create_group("neuron")
-                _string(n, "type", "CUBA")
-                n.create_dataset("iDecay", data=q.i_decay)
-                n.create_dataset("vDecay", data=q.v_decay)
-                n.create_dataset("vThMant", data=q.vth_mant)
-                n.create_dataset("refDelay", data=1)
-                n.create_dataset("gradedSpike", data=False)
-                prev_kind = q.kind
+                _write_layer(layers.create_group(str(index)), q)
+                index, prev_kind = index + 1, q.kind
 
     atomic_write_bytes(path, write)
     return path
+
+
+def _write_layer(g: h5py.Group, q: QuantizedLayer) -> None:
+    _string(g, "type", "dense" if q.kind == "dense" else "conv")
+    g.create_dataset("shape", data=np.asarray(q.out_shape))
+    g.create_dataset("weight", data=q.weight.astype(np.int64))
+    g.attrs.update(sast_kind=q.kind, scale=q.scale, n_clipped=q.n_clipped, mean_abs_error=q.mean_abs_error)
+    if q.kind == "dense":
+        g.create_dataset("inFeatures", data=q.weight.shape[1])
+        g.create_dataset("outFeatures", data=q.weight.shape[0])
+    else:
+        g.create_dataset("stride", data=np.asarray(q.stride))
+        g.create_dataset("padding", data=np.asarray(q.padding))
+        g.create_dataset("dilation", data=np.asarray([1, 1]))
+        g.create_dataset("groups", data=q.groups)
+    n = g.create_group("neuron")
+    _string(n, "type", "CUBA")
+    n.create_dataset("iDecay", data=q.i_decay)
+    n.create_dataset("vDecay", data=q.v_decay)
+    n.create_dataset("vThMant", data=q.vth_mant)
+    n.create_dataset("refDelay", data=1)
+    n.create_dataset("gradedSpike", data=False)
+
+
+# --- reading ------------------------------------------------------------------------------
 
 
 class NetxFormatError(SastDeployError, ValueError):
@@ -139,8 +192,9 @@ def _pair(group: h5py.Group, key: str, path: Path) -> Tuple[int, int]:
     return tuple(int(s) for s in np.broadcast_to(value.reshape(-1), (2,)))
 
 
-def _input_shape(f: h5py.File, shape: Tuple[int, ...], path: Path) -> Tuple[int, ...]:
-    """The (C, H, W) input shape from the file's metadata, else /layer/0/shape."""
+def _metadata(f: h5py.File, shape: Tuple[int, ...], path: Path) -> Tuple[Tuple[int, ...], Optional[Loihi2Spec]]:
+    """The (C, H, W) input shape from the file's metadata (else /layer/0/shape), and the target
+    spec the file was written for (None when the file does not record one)."""
     try:
         meta = json.loads(f.attrs.get("metadata", "{}"))
         value = tuple(meta.get("input_shape", shape)) if isinstance(meta, dict) else None
@@ -148,16 +202,19 @@ def _input_shape(f: h5py.File, shape: Tuple[int, ...], path: Path) -> Tuple[int,
         value = None
     if not value or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in value):
         raise NetxFormatError(f"{path}: attribute metadata must be JSON with input_shape a list of positive sizes")
-    return value
+    if not isinstance(meta.get("spec"), dict):
+        return value, None
+    try:
+        return value, Loihi2Spec(**meta["spec"])
+    except (TypeError, QuantizationError) as exc:
+        raise NetxFormatError(f"{path}: metadata spec is not a target spec ({exc})") from exc
 
 
-def read_netx(path: str | Path, spec: Optional["Loihi2Spec"] = None) -> QuantizedNet:
+def read_netx(path: str | Path, spec: Optional[Loihi2Spec] = None) -> QuantizedNet:
     """Read a netx HDF5 network (as written by :func:`write_netx`) back into a QuantizedNet,
     validating every field the Lava graph and the emulator need, and that every integer fits
-    the target ``spec`` (default: Loihi 2, 8-bit signed weight mantissas, 17-bit thresholds)."""
-    from .quantize import Loihi2Spec, QuantizedLayer
-
-    spec = spec or Loihi2Spec()
+    the target ``spec`` (default: the spec the file records, else Loihi 2's: 8-bit signed
+    weight mantissas, 17-bit thresholds). Serves the ``simulate`` command."""
     path = Path(path)
     if not path.is_file():
         raise NetxFormatError(f"{path}: network file not found")
@@ -167,63 +224,95 @@ def read_netx(path: str | Path, spec: Optional["Loihi2Spec"] = None) -> Quantize
         raise NetxFormatError(f"{path}: not an HDF5 file ({exc})") from exc
     with f:
         groups = _group(f, "layer", path)
-        keys = sorted(groups.keys(), key=lambda k: int(k) if k.isdigit() else -1)
-        if not keys or keys[0] != "0":
-            raise NetxFormatError(f"{path}: /layer must hold groups 0, 1, ... (found {keys})")
-        first = _group(groups, "0", path)
-        if _read_string(first, "type", path) != "input":
-            raise NetxFormatError(f"{path}: /layer/0/type must be 'input'")
-        shape = tuple(int(s) for s in _int_array(first, "shape", path))
-        if not shape or min(shape) < 1:
-            raise NetxFormatError(f"{path}: /layer/0/shape must hold positive sizes, got {shape}")
-        input_shape = _input_shape(f, shape, path)
-        layers = []
-        for k in keys[1:]:
-            g = _group(groups, k, path)
-            kind = _read_string(g, "type", path)
-            if kind == "flatten":
-                shape = (int(np.prod(shape)),)
-                continue
-            if kind not in ("dense", "conv"):
-                raise NetxFormatError(f"{path}: {g.name}/type {kind!r} is not supported (dense, conv, flatten)")
-            weight = _int_array(g, "weight", path)
-            out_shape = tuple(int(s) for s in _int_array(g, "shape", path))
-            if not np.any(weight):
-                raise NetxFormatError(f"{path}: {g.name}/weight is all zero (netx cannot load such a layer)")
-            lo, hi = -spec.weight_max - 1, spec.weight_max
-            if weight.min() < lo or weight.max() > hi:
-                raise NetxFormatError(f"{path}: {g.name}/weight holds {int(weight.min())}..{int(weight.max())}; the target "
-                                      f"{spec.name} holds {spec.weight_bits}-bit signed mantissas, {lo}..{hi}")
-            if "neuron" not in g:
-                raise NetxFormatError(f"{path}: missing group {g.name}/neuron (netx would give it an unreachable threshold)")
-            n = _group(g, "neuron", path)
-            ntype = _read_string(n, "type", path)
-            if ntype not in ("CUBA", "LOIHI"):
-                raise NetxFormatError(f"{path}: {n.name}/type {ntype!r} is not a CUBA neuron")
-            i_decay, v_decay, vth = (_int_scalar(n, key, path) for key in ("iDecay", "vDecay", "vThMant"))
-            for key, value, hi in (("iDecay", i_decay, 4096), ("vDecay", v_decay, 4096), ("vThMant", vth, spec.vth_max)):
-                if not 0 <= value <= hi:
-                    raise NetxFormatError(f"{path}: {n.name}/{key} = {value} is outside 0..{hi}")
-            if kind == "dense":
-                n_in = int(np.prod(shape))
-                if weight.ndim != 2 or weight.shape != (out_shape[0], n_in):
-                    raise NetxFormatError(f"{path}: {g.name}/weight has shape {weight.shape}, expected {(out_shape[0], n_in)}")
-                layers.append(QuantizedLayer("dense", weight, vth, v_decay, i_decay, float(g.attrs.get("scale", 1.0)), (n_in,), out_shape))
-            else:
-                if weight.ndim != 4:
-                    raise NetxFormatError(f"{path}: {g.name}/weight must be [out, in/groups, kH, kW], got shape {weight.shape}")
-                stride, padding = (_pair(g, key, path) for key in ("stride", "padding"))
-                groups_n = _int_scalar(g, "groups", path)
-                if min(stride) < 1 or min(padding) < 0 or groups_n < 1 or len(shape) != 3 or shape[0] % groups_n:
-                    raise NetxFormatError(f"{path}: {g.name}: stride {stride}, padding {padding} or groups {groups_n} "
-                                          f"do not fit an input of shape {shape}")
-                layers.append(QuantizedLayer(str(g.attrs.get("sast_kind", "conv")), weight, vth, v_decay, i_decay,
-                                             float(g.attrs.get("scale", 1.0)), tuple(shape), out_shape,
-                                             stride=stride, padding=padding, groups=groups_n))
-            shape = out_shape
-        if not layers:
-            raise NetxFormatError(f"{path}: no dense or conv layer")
-    n_classes = int(np.prod(layers[-1].out_shape))
+        shape = _input_layer_shape(groups, path)
+        input_shape, recorded = _metadata(f, shape, path)
+        spec = spec or recorded or Loihi2Spec()
+        layers = _read_layers(groups, shape, spec, path)
     if int(np.prod(input_shape)) != int(np.prod(layers[0].in_shape)):
         raise NetxFormatError(f"{path}: metadata input_shape {input_shape} does not match /layer/0/shape {layers[0].in_shape}")
-    return QuantizedNet(layers, input_shape, n_classes, Loihi2Spec())
+    return QuantizedNet(layers, input_shape, int(np.prod(layers[-1].out_shape)), spec)
+
+
+def _layer_keys(groups: h5py.Group, path: Path) -> List[str]:
+    keys = sorted(groups.keys(), key=lambda k: int(k) if k.isdigit() else -1)
+    if not keys or keys[0] != "0":
+        raise NetxFormatError(f"{path}: /layer must hold groups 0, 1, ... (found {keys})")
+    return keys
+
+
+def _input_layer_shape(groups: h5py.Group, path: Path) -> Tuple[int, ...]:
+    first = _group(groups, _layer_keys(groups, path)[0], path)
+    if _read_string(first, "type", path) != "input":
+        raise NetxFormatError(f"{path}: /layer/0/type must be 'input'")
+    shape = tuple(int(s) for s in _int_array(first, "shape", path))
+    if not shape or min(shape) < 1:
+        raise NetxFormatError(f"{path}: /layer/0/shape must hold positive sizes, got {shape}")
+    return shape
+
+
+def _read_layers(groups: h5py.Group, shape: Tuple[int, ...], spec: Loihi2Spec, path: Path) -> List[QuantizedLayer]:
+    """The dense and conv layers after the input layer; ``shape`` is each one's input shape."""
+    layers = []
+    for k in _layer_keys(groups, path)[1:]:
+        g = _group(groups, k, path)
+        kind = _read_string(g, "type", path)
+        if kind == "flatten":
+            shape = (int(np.prod(shape)),)
+            continue
+        if kind not in ("dense", "conv"):
+            raise NetxFormatError(f"{path}: {g.name}/type {kind!r} is not supported (dense, conv, flatten)")
+        layers.append(_read_layer(g, kind, shape, spec, path))
+        shape = layers[-1].out_shape
+    if not layers:
+        raise NetxFormatError(f"{path}: no dense or conv layer")
+    return layers
+
+
+def _read_layer(g: h5py.Group, kind: str, shape: Tuple[int, ...], spec: Loihi2Spec, path: Path) -> QuantizedLayer:
+    weight = _read_weight(g, spec, path)
+    out_shape = tuple(int(s) for s in _int_array(g, "shape", path))
+    neuron = _read_neuron(g, spec, path)
+    stats = dict(scale=float(g.attrs.get("scale", 1.0)), n_clipped=int(g.attrs.get("n_clipped", 0)),
+                 mean_abs_error=float(g.attrs.get("mean_abs_error", 0.0)))
+    if kind == "dense":
+        n_in = int(np.prod(shape))
+        if weight.ndim != 2 or weight.shape != (out_shape[0], n_in):
+            raise NetxFormatError(f"{path}: {g.name}/weight has shape {weight.shape}, expected {(out_shape[0], n_in)}")
+        return QuantizedLayer("dense", weight, *neuron, in_shape=(n_in,), out_shape=out_shape, **stats)
+    if weight.ndim != 4:
+        raise NetxFormatError(f"{path}: {g.name}/weight must be [out, in/groups, kH, kW], got shape {weight.shape}")
+    stride, padding = (_pair(g, key, path) for key in ("stride", "padding"))
+    groups = _int_scalar(g, "groups", path)
+    if min(stride) < 1 or min(padding) < 0 or groups < 1 or len(shape) != 3 or shape[0] % groups:
+        raise NetxFormatError(f"{path}: {g.name}: stride {stride}, padding {padding} or groups {groups} "
+                              f"do not fit an input of shape {shape}")
+    return QuantizedLayer(str(g.attrs.get("sast_kind", "conv")), weight, *neuron, in_shape=tuple(shape), out_shape=out_shape,
+                          stride=stride, padding=padding, groups=groups, **stats)
+
+
+def _read_weight(g: h5py.Group, spec: Loihi2Spec, path: Path) -> np.ndarray:
+    weight = _int_array(g, "weight", path)
+    if not np.any(weight):
+        raise NetxFormatError(f"{path}: {g.name}/weight is all zero (netx cannot load such a layer)")
+    lo, hi = -spec.weight_max - 1, spec.weight_max
+    if weight.min() < lo or weight.max() > hi:
+        raise NetxFormatError(f"{path}: {g.name}/weight holds {int(weight.min())}..{int(weight.max())}; the target "
+                              f"{spec.name} holds {spec.weight_bits}-bit signed mantissas, {lo}..{hi}")
+    return weight
+
+
+def _read_neuron(g: h5py.Group, spec: Loihi2Spec, path: Path) -> Tuple[int, int, int]:
+    """(vThMant, vDecay, iDecay) of a layer's CUBA neuron group."""
+    if "neuron" not in g:
+        raise NetxFormatError(f"{path}: missing group {g.name}/neuron (netx would give it an unreachable threshold)")
+    n = _group(g, "neuron", path)
+    ntype = _read_string(n, "type", path)
+    if ntype not in ("CUBA", "LOIHI"):
+        raise NetxFormatError(f"{path}: {n.name}/type {ntype!r} is not a CUBA neuron")
+    i_decay, v_decay, vth = (_int_scalar(n, key, path) for key in ("iDecay", "vDecay", "vThMant"))
+    for key, value, hi in (("vDecay", v_decay, LOIHI_DECAY_UNITY), ("vThMant", vth, spec.vth_max)):
+        if not 0 <= value <= hi:
+            raise NetxFormatError(f"{path}: {n.name}/{key} = {value} is outside 0..{hi}")
+    if i_decay != LOIHI_DECAY_UNITY:  # the trained neuron, and so the emulator, has no synaptic current
+        raise NetxFormatError(f"{path}: {n.name}/iDecay = {i_decay}; only {LOIHI_DECAY_UNITY} (no synaptic current) is supported")
+    return vth, v_decay, i_decay

@@ -38,25 +38,17 @@ from lava.magma.core.run_configs import Loihi2SimCfg
 from lava.magma.core.sync.protocols.loihi_protocol import LoihiProtocol
 from lava.proc.dense.models import AbstractPyDenseModelBitAcc
 from lava.proc.dense.process import Dense
-from lava.utils.weightutils import clip_weights, determine_sign_mode, truncate_weights
 
-# The event path costs about one weight-row copy per input spike, the dense path (BLAS on
-# all K * n_in inputs) about 1/50 of that per input (measured on 2 cores, 2312-128 layer,
-# K = 1 to 32): the dense path is taken when more than 2 % of the inputs spiked.
+from .netx_weights import stored_weights
+
+# Above this fraction of spiking inputs a step takes the dense path (one BLAS product over
+# all K * n_in inputs) rather than the event path (one weight-row copy per input spike):
+# the crossover measured in the README, "Simulation speed".
 DENSE_PATH_MIN_DENSITY = 1 / 50
 
 # float32 represents every integer of magnitude <= 2^24 exactly, so a float32 sum of
 # integers whose absolute values add up to at most 2^24 is exact in any order.
 FLOAT32_EXACT_INTEGERS = 1 << 24
-
-
-def stored_weights(weights: np.ndarray, proc_params: Any) -> np.ndarray:
-    """The weights ``PyDenseModelBitAcc`` multiplies: its first-step pipeline (clip to 8 bits
-    by sign mode, then truncate to ``num_weight_bits``), through Lava's own utilities."""
-    num_weight_bits = proc_params.get("num_weight_bits", 8)
-    sign_mode = proc_params.get("sign_mode") or determine_sign_mode(weights)
-    clipped = clip_weights(weights, sign_mode, num_bits=8)
-    return truncate_weights(clipped, sign_mode, num_weight_bits)
 
 
 class CopiesProduct:
@@ -128,7 +120,8 @@ class _AbstractEventDenseModel(AbstractPyDenseModelBitAcc):
     def run_spk(self):
         if self._product is None:
             _single_threaded_blas()
-            self.weights = stored_weights(self.weights, self.proc_params)
+            self.weights = stored_weights(self.weights, self.proc_params.get("num_weight_bits", 8),
+                                          self.proc_params.get("sign_mode"))
             self._product = CopiesProduct(self.weights, self.proc_params.get("copies", 1))
             self.weights_set = True
         self.a_out.send(self.a_buff)

@@ -22,7 +22,8 @@ import torch
 
 from .data import DataConfig, events_to_frames, split_recordings
 from .fileio import atomic_write_bytes, atomic_write_text
-from .quantize import emulate, quantize
+from .emulator import emulate
+from .quantize import quantize
 from .train import RunError, accuracy_pct, load_run
 
 # name: (what the severity measures, severities)

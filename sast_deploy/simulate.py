@@ -12,16 +12,18 @@ from __future__ import annotations
 
 import contextlib
 import io
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import numpy as np
 
 from .errors import SastDeployError
-from .export import read_netx
+from .export import write_netx
 from .lava_runtime import lava_runtime
+from .quantize import QuantizedNet
 from .validation import file_data, validated
 
 
@@ -107,10 +109,12 @@ DEFAULT_COPIES = 32
 
 
 def simulate_lava(
-    net_path: str | Path, frames: np.ndarray, progress: bool = True, chunks: Optional[int] = None,
+    qnet: QuantizedNet, frames: np.ndarray, progress: bool = True, chunks: Optional[int] = None,
     hardware: Optional[SimulatorConfig] = None, copies: int = 1, event_driven: bool = True,
 ) -> SimulationResult:
-    """Run ``frames`` [N, T, P, H, W] (binary) through the netx network on Lava's simulator.
+    """Run ``frames`` [N, T, P, H, W] (binary) through ``qnet`` on Lava's simulator, in the
+    process graph lava-dl netx builds from the network's HDF5 export (written to a temporary
+    file here, since netx reads files).
 
     ``event_driven`` selects the event-driven Dense model
     (:class:`sast_deploy.lava_models.PyEventDenseModel`) through the run config; False runs
@@ -124,17 +128,56 @@ def simulate_lava(
         raise SimulationError("K copies per graph use the event-driven models (event_driven=True)")
     frames = np.asarray(frames)
     n = len(frames)
+    if n == 0:
+        raise SimulationError("no samples to simulate")
     grouped = group_copies(frames, copies) if copies > 1 else frames
-    res = _simulate_graph(net_path, grouped, progress, chunks, hardware, copies, event_driven)
+    with tempfile.TemporaryDirectory(prefix="sast-deploy-lava-") as tmp:
+        net_path = write_netx(qnet, Path(tmp) / "net.h5")
+        res = _simulate_graph(qnet, net_path, grouped, progress, chunks, hardware, copies, event_driven)
     res.counts = res.counts.reshape(-1, res.counts.shape[1] // copies)[:n]  # [G, K*C] -> [G*K, C], sample order
     return res
 
 
+@dataclass
+class _Graph:
+    """A netx network wired between a source playing the input and a sink recording the output."""
+
+    net: Any
+    sink: Any
+    window: int  # steps per sample, R = T + L
+    samples: int  # windows (of K samples each with copies)
+
+
+def _build_graph(qnet: QuantizedNet, net_path: Path, frames: np.ndarray, copies: int) -> _Graph:
+    # lava-dl's slayer prints CUDA and Prophesee notices on import (errors still raise)
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        from lava.lib.dl.netx.hdf5 import Network
+
+        from .lava_models import CopiesNetwork
+    from lava.proc.io.sink import RingBuffer as Sink
+    from lava.proc.io.source import RingBuffer as Source
+
+    n, t = frames.shape[:2]
+    r = t + len(qnet.layers)
+    data = input_buffer(frames, qnet.layers[0].kind, len(qnet.layers))
+    if copies == 1:
+        net = Network(net_config=str(net_path), reset_interval=r)
+    else:
+        net = CopiesNetwork(str(net_path), copies=copies, reset_interval=r)
+    if tuple(net.inp.shape) != data.shape[:-1]:
+        raise SimulationError(f"the network's input port has shape {tuple(net.inp.shape)}, the data {data.shape[:-1]}")
+    source = Source(data=data)
+    sink = Sink(shape=net.out.shape, buffer=n * r)
+    source.s_out.connect(net.inp)
+    net.out.connect(sink.a_in)
+    return _Graph(net, sink, r, n)
+
+
 def _simulate_graph(
-    net_path: str | Path, frames: np.ndarray, progress: bool = True, chunks: Optional[int] = None,
+    qnet: QuantizedNet, net_path: Path, frames: np.ndarray, progress: bool = True, chunks: Optional[int] = None,
     hardware: Optional[SimulatorConfig] = None, copies: int = 1, event_driven: bool = True,
 ) -> SimulationResult:
-    """One Lava graph over ``frames`` [N, T, K*P, H, W] (K copies of the network).
+    """One Lava graph over ``frames`` [N, T, K*P, H, W] (K copies of the network in ``net_path``).
 
     The graph is built and compiled once; the runtime then steps through the samples in up
     to ``chunks`` consecutive ``run()`` calls (whole samples each, so the progress bar moves;
@@ -142,52 +185,37 @@ def _simulate_graph(
     stopped, its workers reaped and its shared memory released: on errors, SIGINT and SIGTERM
     (:func:`sast_deploy.lava_runtime.lava_runtime`). ``hardware`` defaults to ``hardware/lava-sim.toml``.
     """
+    from .lava_models import run_config
+
     hardware = hardware or SimulatorConfig.load()
-    chunks = chunks or hardware.chunks
     if event_driven and hardware.select_tag != "fixed_pt":
         raise SimulationError(f"the event-driven models are fixed point; {hardware.name} selects {hardware.select_tag}")
-    # lava-dl's slayer prints CUDA and Prophesee notices on import (errors still raise)
-    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-        from lava.lib.dl.netx.hdf5 import Network
-
-        from .lava_models import CopiesNetwork, run_config
-    from lava.magma.core.run_conditions import RunSteps
-    from lava.proc.io.sink import RingBuffer as Sink
-    from lava.proc.io.source import RingBuffer as Source
-    from tqdm import tqdm
-
-    qnet = read_netx(net_path)
-    n, t = frames.shape[:2]
-    n_layers = len(qnet.layers)
-    r = t + n_layers
-    if n == 0:
-        raise SimulationError("no samples to simulate")
-    data = input_buffer(frames, qnet.layers[0].kind, n_layers)
-    if copies == 1:
-        net = Network(net_config=str(net_path), reset_interval=r)
-    else:
-        net = CopiesNetwork(str(net_path), copies=copies, reset_interval=r)
-    if tuple(net.inp.shape) != data.shape[:-1]:
-        raise SimulationError(f"{net_path}: the network's input port has shape {tuple(net.inp.shape)}, the data {data.shape[:-1]}")
-    source = Source(data=data)
-    sink = Sink(shape=net.out.shape, buffer=n * r)
-    source.s_out.connect(net.inp)
-    net.out.connect(sink.a_in)
-    run_cfg = run_config(event_driven, hardware.select_tag, net)
-    per_chunk = max(1, -(-n // max(1, chunks)))
+    graph = _build_graph(qnet, net_path, frames, copies)
+    run_cfg = run_config(event_driven, hardware.select_tag, graph.net)
     t0 = time.perf_counter()
-    with lava_runtime(net, run_cfg):
+    with lava_runtime(graph.net, run_cfg):
         compile_s = time.perf_counter() - t0
         t0 = time.perf_counter()
-        with tqdm(total=n * copies, desc="lava simulator", disable=not progress, unit="sample") as bar:
-            done = 0
-            while done < n:
-                k = min(per_chunk, n - done)
-                net.run(condition=RunSteps(num_steps=k * r), run_cfg=run_cfg)
-                done += k
-                bar.update(k * copies)
+        _run_in_chunks(graph, run_cfg, chunks or hardware.chunks, copies, progress)
         seconds = time.perf_counter() - t0
-        out = np.asarray(sink.data.get())
+        out = np.asarray(graph.sink.data.get())
+    n, r = graph.samples, graph.window
     counts = out.reshape(-1, n, r).sum(axis=2).T.astype(np.int64)  # [N, classes]
     return SimulationResult(counts=counts, seconds=seconds, compile_seconds=compile_s, timesteps=n * r,
                             samples=n * copies)
+
+
+def _run_in_chunks(graph: _Graph, run_cfg, chunks: int, copies: int, progress: bool) -> None:
+    """Step the running graph through all its samples in up to ``chunks`` ``run()`` calls."""
+    from lava.magma.core.run_conditions import RunSteps
+    from tqdm import tqdm
+
+    n = graph.samples
+    per_chunk = max(1, -(-n // max(1, chunks)))
+    with tqdm(total=n * copies, desc="lava simulator", disable=not progress, unit="sample") as bar:
+        done = 0
+        while done < n:
+            k = min(per_chunk, n - done)
+            graph.net.run(condition=RunSteps(num_steps=k * graph.window), run_cfg=run_cfg)
+            done += k
+            bar.update(k * copies)

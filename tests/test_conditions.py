@@ -7,7 +7,8 @@ import torch
 
 from sast_deploy.cli import main
 from sast_deploy.export import read_netx, write_netx
-from sast_deploy.quantize import Loihi2Spec, QuantizedLayer, QuantizedNet, emulate, fan_out, quantize
+from sast_deploy.emulator import emulate, fan_out
+from sast_deploy.quantize import Loihi2Spec, QuantizedLayer, QuantizedNet, quantize
 from sast_deploy.robustness import FlipPolarity, corrupted_frames, split_events
 from sast_deploy.simulate import simulate_lava
 from sast_deploy.train import load_run
@@ -23,7 +24,7 @@ def test_four_bit_weights_lava_equals_emulator(tmp_path, trained_run):
     from sast_deploy.data import load_dataset
 
     frames = load_dataset(recipe.data, progress=False)[1].frames[:30]
-    sim = simulate_lava(path, frames.numpy(), progress=False)
+    sim = simulate_lava(read_netx(path), frames.numpy(), progress=False)
     emu = emulate(read_netx(path), frames).counts.numpy()
     assert emu.sum() > 0
     np.testing.assert_array_equal(sim.counts, emu)

@@ -1,5 +1,6 @@
 """Loihi 2 fixed point: quantization, netx export, Lava's simulator and the emulator agree."""
 
+import dataclasses
 import json
 
 import h5py
@@ -10,15 +11,9 @@ import torch
 from sast_deploy.cli import main
 from sast_deploy.export import NetxFormatError, read_netx, write_netx
 from sast_deploy.model import ModelConfig, build_model
-from sast_deploy.quantize import (
-    Loihi2Spec,
-    QuantizationError,
-    QuantizedLayer,
-    QuantizedNet,
-    emulate_counts,
-    netx_dense_weights,
-    quantize,
-)
+from sast_deploy.emulator import emulate_counts
+from sast_deploy.netx_weights import netx_dense_weights
+from sast_deploy.quantize import Loihi2Spec, QuantizationError, QuantizedLayer, QuantizedNet, quantize
 from sast_deploy.simulate import simulate_lava
 from sast_deploy.data import load_dataset
 from sast_deploy.train import load_run, output_counts
@@ -56,7 +51,7 @@ def test_lava_equals_emulator_on_random_mlps(tmp_path, seed, vths, dvs):
     qnet = _random_mlp(seed, (24, 12, 5), vths, dvs)
     path = write_netx(qnet, tmp_path / "net.h5")
     frames = _spikes(seed, 6, 10, (1, 1, 24))
-    sim = simulate_lava(path, frames, progress=False, chunks=3)
+    sim = simulate_lava(read_netx(path), frames, progress=False, chunks=3)
     emu = emulate_counts(read_netx(path), torch.from_numpy(frames)).numpy()
     np.testing.assert_array_equal(sim.counts, emu)
     if seed == 0:
@@ -68,7 +63,7 @@ def test_lava_equals_emulator_through_netx_weight_traps(tmp_path):
     stored, _ = netx_dense_weights(qnet.layers[1].weight)
     path = write_netx(qnet, tmp_path / "net.h5")
     frames = _spikes(3, 5, 12, (1, 1, 16), 0.5)
-    sim = simulate_lava(path, frames, progress=False)
+    sim = simulate_lava(read_netx(path), frames, progress=False)
     np.testing.assert_array_equal(sim.counts, emulate_counts(read_netx(path), torch.from_numpy(frames)).numpy())
 
 
@@ -92,7 +87,7 @@ def test_conv_net_lava_equals_emulator(tmp_path):
     assert [q.kind for q in qnet.layers] == ["conv", "pool", "dense"]
     path = write_netx(qnet, tmp_path / "conv.h5")
     frames = _spikes(5, 6, 8, (2, 9, 8), 0.4)
-    sim = simulate_lava(path, frames, progress=False)
+    sim = simulate_lava(read_netx(path), frames, progress=False)
     emu = emulate_counts(read_netx(path), torch.from_numpy(frames)).numpy()
     np.testing.assert_array_equal(sim.counts, emu)
     assert sim.counts.sum() > 0
@@ -109,7 +104,7 @@ def test_conv_net_without_pooling_lava_equals_emulator(tmp_path):
     assert [q.kind for q in qnet.layers] == ["conv", "dense", "dense"]
     path = write_netx(qnet, tmp_path / "conv.h5")
     frames = _spikes(4, 6, 8, (2, 9, 8), 0.4)
-    sim = simulate_lava(path, frames, progress=False)
+    sim = simulate_lava(read_netx(path), frames, progress=False)
     np.testing.assert_array_equal(sim.counts, emulate_counts(read_netx(path), torch.from_numpy(frames)).numpy())
     assert sim.counts.sum() > 0
 
@@ -167,6 +162,40 @@ def _break(path, group, key, value=None):
             f[group].create_dataset(key, data=value)
 
 
+def _assert_same_network(a: QuantizedNet, b: QuantizedNet) -> None:
+    assert (a.input_shape, a.n_classes, a.spec) == (tuple(b.input_shape), b.n_classes, b.spec)
+    assert len(a.layers) == len(b.layers)
+    for qa, qb in zip(a.layers, b.layers):
+        for f in dataclasses.fields(qa):
+            va, vb = getattr(qa, f.name), getattr(qb, f.name)
+            assert np.array_equal(va, vb) and np.asarray(va).dtype.kind == np.asarray(vb).dtype.kind, f.name
+
+
+@pytest.mark.parametrize("kind", ["mlp", "conv"])
+def test_netx_round_trip_returns_the_written_network(tmp_path, kind):
+    torch.manual_seed(3)
+    model = build_model(ModelConfig(hidden=(12,)), (2, 5, 5), 4) if kind == "mlp" else _conv_model(0.5)
+    spec = Loihi2Spec(name="loihi2-w5", weight_bits=5, vth_bits=16)
+    qnet = quantize(model, spec)
+    assert any(q.n_clipped or q.mean_abs_error for q in qnet.layers)  # the statistics travel too
+    _assert_same_network(read_netx(write_netx(qnet, tmp_path / "net.h5")), qnet)
+
+
+def test_compare_exports_the_network_it_ran_for_any_spec_change(trained_run, tmp_path):
+    import shutil
+
+    from sast_deploy.compare import compare_run
+
+    run = shutil.copytree(trained_run, tmp_path / "run")
+    spec = Loihi2Spec(name="loihi2-vth16", vth_bits=16)  # same weight bits, another field
+    compare_run(run, samples=3, progress=False, spec=spec, copies=1)
+    model = load_run(run)[0]
+    _assert_same_network(read_netx(run / "net.h5"), quantize(model, spec))
+    compare_run(run, samples=3, progress=False, copies=1)  # back to the default spec: exported again
+    _assert_same_network(read_netx(run / "net.h5"), quantize(model, Loihi2Spec()))
+    assert json.loads((run / "quantization.json").read_text())["target"] == "loihi2"
+
+
 def test_malformed_networks_are_named_by_file_and_field(tmp_path):
     qnet = _random_mlp(0, (24, 12, 5), (300, 400), (410, 0))
     cases = [
@@ -175,6 +204,7 @@ def test_malformed_networks_are_named_by_file_and_field(tmp_path):
         ("layer/2", "weight", np.zeros((5, 12), dtype=int), "/layer/2/weight is all zero"),
         ("layer/1", "weight", np.ones((12, 7), dtype=int), "/layer/1/weight has shape"),
         ("layer/1/neuron", "vDecay", 5000, "vDecay = 5000 is outside"),
+        ("layer/1/neuron", "iDecay", 2048, "iDecay = 2048; only 4096"),
     ]
     for group, key, value, message in cases:
         path = write_netx(qnet, tmp_path / f"{key}.h5")
@@ -252,8 +282,8 @@ def test_k_copies_in_one_graph_are_bit_identical(tmp_path, kind):
         qnet, shape = quantize(_conv_model(0.5)), (2, 9, 8)
     path = write_netx(qnet, tmp_path / "net.h5")
     frames = _spikes(9, 7, 8, shape, 0.4)  # 7 samples: the last group of 3 is padded
-    single = simulate_lava(path, frames, progress=False)
-    batched = simulate_lava(path, frames, progress=False, copies=3)
+    single = simulate_lava(read_netx(path), frames, progress=False)
+    batched = simulate_lava(read_netx(path), frames, progress=False, copies=3)
     np.testing.assert_array_equal(batched.counts, single.counts)
     np.testing.assert_array_equal(single.counts, emulate_counts(read_netx(path), torch.from_numpy(frames)).numpy())
     assert single.counts.sum() > 0

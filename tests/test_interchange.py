@@ -10,7 +10,8 @@ from sast_deploy.cli import main
 from sast_deploy.data import FrameDataset, load_dataset
 from sast_deploy.interchange import InterchangeError, run_nir_with_norse, run_onnx_reference, write_nir, write_onnx
 from sast_deploy.model import ModelConfig, build_model
-from sast_deploy.quantize import emulate_counts, quantize
+from sast_deploy.emulator import emulate_counts
+from sast_deploy.quantize import quantize
 from sast_deploy.train import load_run, output_counts
 
 

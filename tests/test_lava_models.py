@@ -8,7 +8,9 @@ import torch.nn.functional as F
 
 from sast_deploy.export import read_netx, write_netx
 from sast_deploy.functional.lif import LOIHI_STATE_BITS, lif_step_fixed_point
-from sast_deploy.quantize import QuantizedNet, emulate, emulate_counts, netx_dense_weights, quantize
+from sast_deploy.emulator import emulate, emulate_counts
+from sast_deploy.netx_weights import netx_dense_weights
+from sast_deploy.quantize import QuantizedNet, quantize
 from sast_deploy.simulate import SimulationError, simulate_lava
 from test_deploy import _conv_model, _dense, _random_mlp, _spikes
 
@@ -77,21 +79,21 @@ def test_event_driven_dense_equals_stock_model_and_emulator(tmp_path, density):
     qnet = _random_mlp(11, (40, 16, 6), (100, 40), (300, 300), inhibitory_last=True)
     path = write_netx(qnet, tmp_path / "net.h5")
     frames = _spikes(12, 5, 12, (1, 1, 40), density)
-    stock = simulate_lava(path, frames, progress=False, event_driven=False)
-    event = simulate_lava(path, frames, progress=False, event_driven=True)
+    stock = simulate_lava(read_netx(path), frames, progress=False, event_driven=False)
+    event = simulate_lava(read_netx(path), frames, progress=False, event_driven=True)
     np.testing.assert_array_equal(event.counts, stock.counts)
     np.testing.assert_array_equal(event.counts, emulate_counts(read_netx(path), torch.from_numpy(frames)).numpy())
     assert stock.counts.sum() > 0
 
 
 def test_k_copies_on_a_trained_run_equal_stock_lava_and_emulator(trained_run, small_data, tmp_path):
-    from sast_deploy.compare import export_run
+    from sast_deploy.export import export_run
 
     net = export_run(trained_run, tmp_path / "net.h5")["net"]
     frames = small_data[1][1].frames[:9].numpy()
-    stock = simulate_lava(net, frames, progress=False, event_driven=False)
+    stock = simulate_lava(read_netx(net), frames, progress=False, event_driven=False)
     for copies in (1, 4):  # 9 samples: the last group of 4 is padded
-        res = simulate_lava(net, frames, progress=False, copies=copies)
+        res = simulate_lava(read_netx(net), frames, progress=False, copies=copies)
         np.testing.assert_array_equal(res.counts, stock.counts)
         assert res.samples == 9 if copies == 1 else res.samples == 12
     np.testing.assert_array_equal(stock.counts, emulate_counts(read_netx(net), torch.from_numpy(frames)).numpy())
@@ -116,7 +118,7 @@ def test_copies_network_holds_one_weight_block_per_layer(tmp_path):
 def test_copies_need_the_event_driven_models(tmp_path):
     path = write_netx(_random_mlp(0, (24, 12, 5), (300, 400), (410, 0)), tmp_path / "net.h5")
     with pytest.raises(SimulationError, match="event-driven"):
-        simulate_lava(path, _spikes(0, 2, 4, (1, 1, 24)), progress=False, copies=2, event_driven=False)
+        simulate_lava(read_netx(path), _spikes(0, 2, 4, (1, 1, 24)), progress=False, copies=2, event_driven=False)
 
 
 # --- the fast emulator against the plain int64 reference ----------------------------------

@@ -158,7 +158,7 @@ def test_interrupt_before_the_first_run_reaps_the_workers(tmp_path, monkeypatch,
     import numpy as np
     from lava.magma.core.process.process import AbstractProcess
 
-    from sast_deploy.export import write_netx
+    from sast_deploy.export import read_netx, write_netx
     from sast_deploy.simulate import simulate_lava
     from test_deploy import _random_mlp, _spikes
 
@@ -171,7 +171,7 @@ def test_interrupt_before_the_first_run_reaps_the_workers(tmp_path, monkeypatch,
     monkeypatch.setattr(AbstractProcess, "run", interrupted)
     started = time.monotonic()
     with pytest.raises(KeyboardInterrupt):
-        simulate_lava(path, _spikes(0, 4, 10, (1, 1, 24)).astype(np.uint8), progress=False)
+        simulate_lava(read_netx(path), _spikes(0, 4, 10, (1, 1, 24)).astype(np.uint8), progress=False)
     assert time.monotonic() - started < 30
     assert set(multiprocessing.active_children()) <= children_before
     assert lava_segments and not set(lava_segments) & _shm()
@@ -185,7 +185,7 @@ def test_a_stop_that_hangs_is_timed_out_and_the_workers_killed(tmp_path, monkeyp
     from lava.magma.core.process.process import AbstractProcess
 
     from sast_deploy import lava_runtime
-    from sast_deploy.export import write_netx
+    from sast_deploy.export import read_netx, write_netx
     from sast_deploy.simulate import simulate_lava
     from test_deploy import _random_mlp, _spikes
 
@@ -195,7 +195,7 @@ def test_a_stop_that_hangs_is_timed_out_and_the_workers_killed(tmp_path, monkeyp
     monkeypatch.setattr(lava_runtime, "STOP_TIMEOUT_S", 2.0)
     monkeypatch.setattr(lava_runtime.stop_runtime, "__defaults__", (2.0,))
     started = time.monotonic()
-    result = simulate_lava(path, _spikes(0, 4, 10, (1, 1, 24)).astype(np.uint8), progress=False)
+    result = simulate_lava(read_netx(path), _spikes(0, 4, 10, (1, 1, 24)).astype(np.uint8), progress=False)
     assert result.counts.shape == (4, 5) and time.monotonic() - started < 30
     assert "did not finish in 2 s" in capsys.readouterr().err
     assert set(multiprocessing.active_children()) <= children_before

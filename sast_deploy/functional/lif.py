@@ -180,9 +180,12 @@ def lif_step(
 #
 # That is lif_step above with beta = (4096 - dv) / 4096, v_th = vth and input = a: one model.
 
-LOIHI_DECAY_UNITY = 4096  # decays are 12-bit fractions of 4096
+LOIHI_DECAY_BITS = 12
+LOIHI_DECAY_UNITY = 1 << LOIHI_DECAY_BITS  # 4096: decays are 12-bit fractions of 4096
 LOIHI_ACT_SHIFT = 6  # synaptic input and threshold are MSB-aligned by 6 bits
-LOIHI_STATE_BITS = 24
+LOIHI_STATE_BITS = 24  # u and v are signed 24-bit
+LOIHI_VTH_BITS = 17  # unsigned threshold mantissa: vth <= (1 << 17) - 1
+LOIHI_WEIGHT_BITS = 8  # signed weight mantissa
 
 
 def decay_to_fixed_point(beta: float) -> int:
@@ -203,7 +206,7 @@ def lif_step_fixed_point(a_in: torch.Tensor, v: torch.Tensor, dv: int, vth_mant:
     u = a_in << LOIHI_ACT_SHIFT
     # Lava wraps u once (not modulo): > 2^23 loses 2^24, <= -2^23 gains 2^24
     u = torch.where(u > half, u - 2 * half, torch.where(u <= -half, u + 2 * half, u))
-    v_new = shift_toward_zero(v * (LOIHI_DECAY_UNITY - dv), 12) + u
+    v_new = shift_toward_zero(v * (LOIHI_DECAY_UNITY - dv), LOIHI_DECAY_BITS) + u
     v_new = v_new.clamp(-limit, limit)
     s = (v_new > (vth_mant << LOIHI_ACT_SHIFT)).to(torch.int64)
     return s, v_new * (1 - s)
