@@ -62,10 +62,23 @@ class _DenseSynapse:
         if s.numel() and (int(s.max()) > 1 or int(s.min()) < 0):  # graded input: a plain product
             a = (s.to(torch.float64) @ self.columns.to(torch.float64)).to(torch.int64)  # exact below 2^53
         else:
-            rows, cols = s.nonzero(as_tuple=True)  # row-major, so each row's spikes are contiguous
-            offsets = torch.searchsorted(rows, torch.arange(s.shape[0]))
-            a = F.embedding_bag(cols, self.columns, offsets, mode="sum").to(torch.int64)
+            inputs, offsets = _spiking_inputs(s)
+            a = F.embedding_bag(inputs, self.columns, offsets, mode="sum").to(torch.int64)
         return a << self.weight_exp if self.weight_exp > 0 else a >> -self.weight_exp
+
+
+def _spiking_inputs(s: torch.Tensor):
+    """For binary spikes s [M, n_in]: (the indices of the spiking inputs, row after row;
+    offsets [M], where each row's indices start), the bags ``embedding_bag`` sums. One scan
+    of the bytes: numpy's flatnonzero over a one-byte boolean view of the (0/1) spikes, which
+    is several times faster than torch's nonzero (README, "Simulation speed"); the row starts
+    come from a binary search of the sorted flat indices, not from per-spike row indices."""
+    m, n_in = s.shape
+    if s.dtype not in (torch.uint8, torch.int8, torch.bool):
+        s = s != 0
+    flat = np.flatnonzero(np.ascontiguousarray(s.numpy()).view(np.bool_))  # sorted, so row-major
+    offsets = np.searchsorted(flat, np.arange(m, dtype=np.int64) * n_in)
+    return torch.from_numpy(flat % n_in), torch.from_numpy(offsets)
 
 
 class _ConvSynapse:

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from sast_deploy.export import read_netx, write_netx
 from sast_deploy.functional.lif import LOIHI_STATE_BITS, lif_step_fixed_point
-from sast_deploy.emulator import emulate, emulate_counts
+from sast_deploy.emulator import FixedPointNet, emulate, emulate_counts
 from sast_deploy.netx_weights import netx_dense_weights
 from sast_deploy.quantize import QuantizedNet, quantize
 from sast_deploy.simulate import SimulationError, simulate_lava
@@ -132,6 +132,11 @@ def test_emulator_equals_int64_reference_on_random_mlps(density):
     np.testing.assert_array_equal(emulate_counts(qnet, torch.from_numpy(frames), batch_size=5).numpy(), expected)
     if density > 0.01:
         assert expected.sum() > 0
+    # the spike scan takes uint8 as one-byte booleans; float and bool frames, and a prepared
+    # FixedPointNet reused across calls, give the same counts
+    emulator = FixedPointNet(qnet)
+    for x in (torch.from_numpy(frames).float(), torch.from_numpy(frames).bool(), torch.from_numpy(frames)):
+        np.testing.assert_array_equal(emulate_counts(emulator, x, batch_size=7).numpy(), expected)
 
 
 def test_emulator_equals_int64_reference_on_graded_input_and_conv():
