@@ -39,7 +39,7 @@ def main(argv=None) -> int:
     if args.run:
         from sast_deploy.compare import export_run
         from sast_deploy.data import load_dataset
-        from sast_deploy.train import load_run
+        from sast_deploy.runs import load_run
 
         _, recipe, _ = load_run(args.run)
         net = Path(export_run(args.run, tmp / "net.h5")["net"])

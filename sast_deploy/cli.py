@@ -58,7 +58,8 @@ def _is_rank_zero() -> bool:
 
 def cmd_evaluate(args) -> int:
     from .data import load_dataset
-    from .train import evaluate, load_run
+    from .evaluate import evaluate
+    from .runs import load_run
 
     model, recipe, _ = load_run(args.run_dir)
     _, test = load_dataset(recipe.data, progress=not args.quiet)
@@ -104,7 +105,7 @@ def cmd_export(args) -> int:
     if args.target in ("nir", "onnx"):
         from .interchange import write_nir, write_onnx
         from .quantize import quantize
-        from .train import load_run
+        from .runs import load_run
 
         model, _, _ = load_run(args.run_dir)
         out = Path(args.out) if args.out else Path(args.run_dir) / f"net.{args.target}"
@@ -131,7 +132,7 @@ def cmd_simulate(args) -> int:
     from .fileio import atomic_write_text
     from .model import predict
     from .simulate import simulate_lava
-    from .train import load_run
+    from .runs import load_run
 
     qnet = read_netx(args.net)
     _, recipe, _ = load_run(args.run)

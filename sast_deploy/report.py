@@ -77,7 +77,7 @@ def collect(study_dir: str | Path, diagnostics: bool = True) -> Dict[str, object
     """Per method: the runs' metrics, comparisons and diagnostics (cached in each run)."""
     from .data import load_dataset
     from .diagnostics import diagnose
-    from .train import load_run
+    from .runs import load_run
 
     study_dir = Path(study_dir)
     index = read_json(study_dir / "study.json", "study index")

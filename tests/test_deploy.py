@@ -20,7 +20,7 @@ from sast_deploy.quantize import (
     quantize,
 )
 from sast_deploy.simulate import simulate_lava
-from sast_deploy.train import output_counts
+from sast_deploy.evaluate import output_counts
 
 
 

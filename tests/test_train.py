@@ -7,9 +7,12 @@ import torch
 
 from sast_deploy import train as train_mod
 from sast_deploy.cli import main
-from sast_deploy.runfiles import read_checkpoint
+from sast_deploy.runs import read_checkpoint
 from sast_deploy.config import RecipeError, apply_overrides, load_recipe, recipe_from_dict
-from sast_deploy.train import RunError, evaluate, load_run, train
+from sast_deploy.errors import RunError
+from sast_deploy.evaluate import evaluate
+from sast_deploy.runs import load_run
+from sast_deploy.train import train
 
 from conftest import SMALL_SYNTHETIC
 
