@@ -167,6 +167,20 @@ def test_rerunning_a_finished_run_rewrites_its_outputs(tmp_path, small_data):
     assert again["forward_backward_passes"] == first["forward_backward_passes"]
 
 
+def test_history_counts_passes_and_a_checkpoint_from_before_the_count_resumes_as_unknown(tmp_path, small_data):
+    _, data = small_data
+    recipe = _recipe(**{"training.epochs": 2, "optimizer.name": "baseline"})
+    first = train(recipe, tmp_path, progress=False, data=data)
+    steps = -(-len(data[0]) // 32)
+    assert [h["forward_backward_passes"] for h in first["history"]] == [steps, 2 * steps]  # the run so far
+    blob = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    for row in blob["history"]:
+        del row["forward_backward_passes"]  # as written before passes were counted
+    torch.save(blob, tmp_path / "checkpoint.pt")
+    again = train(recipe, tmp_path, progress=False, data=data)
+    assert again["forward_backward_passes"] is None and again["hard_accuracy"] == first["hard_accuracy"]
+
+
 def test_runs_and_checkpoints_written_before_the_surrogate_field_load_as_arctan(tmp_path, small_data):
     _, data = small_data
     recipe = _recipe(**{"training.epochs": 1, "optimizer.name": "baseline"})
