@@ -247,9 +247,9 @@ def _datasets(recipe: Recipe, data: Optional[Tuple[FrameDataset, FrameDataset]],
     return train_set, test_set
 
 
-def _trainer(recipe: Recipe, out_dir: Path, data: Tuple[FrameDataset, FrameDataset], progress: bool) -> Trainer:
+def _trainer(recipe: Recipe, out_dir: Path, device: torch.device, data: Tuple[FrameDataset, FrameDataset],
+             progress: bool) -> Trainer:
     """The network (the same initial weights on every rank), its optimizer and step."""
-    device = resolve_device(recipe.training.device)
     rank, world = distributed_context(device)
     torch.manual_seed(recipe.training.seed)
     net = build_model(recipe.model, data[0].input_shape, N_CLASSES[recipe.data.name]).to(device)
@@ -268,7 +268,8 @@ def _train(recipe: Recipe, out_dir: Path, progress: bool, resume: bool,
            data: Optional[Tuple[FrameDataset, FrameDataset]], log: Callable[[str], None]) -> Dict[str, object]:
     from tqdm import tqdm
 
-    tr = _trainer(recipe, out_dir, _datasets(recipe, data, progress), progress)
+    device = resolve_device(recipe.training.device)  # before the data: a bad device fails fast
+    tr = _trainer(recipe, out_dir, device, _datasets(recipe, data, progress), progress)
     epochs = recipe.training.epochs
     history: History = []
     train_seconds = 0.0
