@@ -25,7 +25,10 @@ from .lock import run_lock
 from .model import predict
 from .quantize import Emulation, Loihi2Spec, QuantizedNet, emulate, quantize
 from .simulate import DEFAULT_COPIES, simulate_lava
-from .train import RunError, accuracy_pct, distributed_context, is_rank_zero, load_run, output_counts
+from .distributed import distributed_context, is_rank_zero
+from .errors import RunError
+from .evaluate import accuracy_pct, output_counts
+from .runs import load_run
 
 DEFAULT_SPEC = Path(__file__).resolve().parent.parent / "export" / "loihi2.toml"
 

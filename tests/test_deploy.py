@@ -21,7 +21,8 @@ from sast_deploy.quantize import (
 )
 from sast_deploy.simulate import simulate_lava
 from sast_deploy.data import load_dataset
-from sast_deploy.train import load_run, output_counts
+from sast_deploy.evaluate import output_counts
+from sast_deploy.runs import load_run
 
 
 
