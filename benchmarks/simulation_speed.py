@@ -32,7 +32,7 @@ from sast_deploy.simulate import simulate_lava
 def run_network_and_frames(run: str, samples: int) -> Tuple[QuantizedNet, torch.Tensor]:
     """A trained run's network (its net.h5, else quantized now) and its first test samples."""
     from sast_deploy.data import load_dataset
-    from sast_deploy.train import load_run
+    from sast_deploy.runs import load_run
 
     model, recipe, _ = load_run(run)
     net = Path(run) / "net.h5"

@@ -23,7 +23,8 @@ import numpy as np
 from .data import FrameDataset, load_dataset, stratified_subset
 from .lock import run_lock
 from .model import SpikingNet, build_model
-from .train import evaluate, load_run, save_run
+from .evaluate import evaluate
+from .runs import load_run, save_run
 
 STEPS_PER_OCTAVE = 4  # multipliers 2^(k/4): 19 % apart
 START_OCTAVES = (-4, 2)  # the first grid: 1/16 .. 4

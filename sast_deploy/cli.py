@@ -23,6 +23,7 @@ from typing import List, Optional
 
 import numpy as np
 
+from .distributed import is_rank_zero
 from .errors import EXIT_BAD_INPUT, EXIT_SIGINT, EXIT_SIGTERM, SastDeployError, Terminated, one_line
 from .export import EXPORT_TARGETS
 from .quantize import QuantizationError
@@ -49,19 +50,15 @@ def cmd_train(args) -> int:
     overrides = list(args.set) + ([f"training.device={args.device}"] if args.device else [])
     recipe = load_recipe(_find_recipe(args.config), overrides)
     metrics = train(recipe, args.out, progress=not args.quiet, resume=not args.restart)
-    if _is_rank_zero():
+    if is_rank_zero():  # under torchrun only rank 0 prints results (every rank computes them)
         print(json.dumps({k: v for k, v in metrics.items() if k != "history"}, indent=2))
     return 0
 
 
-def _is_rank_zero() -> bool:
-    """Under torchrun only rank 0 prints results (every rank computes them)."""
-    return int(os.environ.get("RANK", "0")) == 0
-
-
 def cmd_evaluate(args) -> int:
     from .data import load_dataset
-    from .train import evaluate, load_run
+    from .evaluate import evaluate
+    from .runs import load_run
 
     model, recipe, _ = load_run(args.run_dir)
     _, test = load_dataset(recipe.data, progress=not args.quiet)
@@ -117,7 +114,7 @@ def cmd_simulate(args) -> int:
     from .fileio import atomic_write_text
     from .model import predict
     from .simulate import simulate_lava
-    from .train import load_run
+    from .runs import load_run
 
     qnet = read_netx(args.net)
     _, recipe, _ = load_run(args.run)
@@ -151,7 +148,7 @@ def cmd_compare(args) -> int:
 
     spec = _spec(args)
     result = compare_run(args.run_dir, samples=args.samples, progress=not args.quiet, spec=spec, copies=args.copies)
-    if not _is_rank_zero():
+    if not is_rank_zero():
         return 0
     print(compare_markdown([(Path(args.run_dir).name, result)]))
     suffix = precision_suffix(spec)
@@ -261,110 +258,157 @@ def cmd_write_dataset(args) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="sast-deploy", description="Sharpness-Aware Surrogate Training, deployed to Loihi 2 through Lava.")
-    sub = ap.add_subparsers(dest="command", required=True)
+# --- the parser: shared options as parent parsers, then one function per command -------------
 
-    p = sub.add_parser("train", help="train a recipe and evaluate it in surrogate and hard-spike mode")
+
+def _option(*names: str, **kwargs) -> argparse.ArgumentParser:
+    """A parent parser holding one option, for the commands that share it."""
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument(*names, **kwargs)
+    return p
+
+
+class Shared:
+    """The options several commands take, each a parent parser."""
+
+    def __init__(self):
+        self.quiet = _option("--quiet", action="store_true", help="no progress bars")
+        self.set = _option("--set", action="append", default=[], metavar="KEY=VALUE",
+                           help="override a recipe field, e.g. optimizer.rho=0.3")
+        self.spec = _option("--spec", help="target spec TOML (default export/loihi2.toml; export/loihi2-w4.toml: 4-bit weights)")
+        self.spec.add_argument("--weight-bits", type=int,
+                               help="weight mantissa bits (8, 6, 4, ...), overrides the spec (compare's files get a -wN suffix)")
+        self.copies = _option("--copies", type=int, default=DEFAULT_COPIES,
+                              help=f"K network copies in one graph, each on its own sample, bit-identical to K=1 "
+                                   f"(default {DEFAULT_COPIES}; benchmarks/simulation_speed.py times each K)")
+
+    @staticmethod
+    def out(help: str, **kwargs) -> argparse.ArgumentParser:
+        """--out, whose meaning differs per command."""
+        return _option("--out", help=help, **kwargs)
+
+
+def add_train(sub, o: Shared) -> None:
+    p = sub.add_parser("train", parents=[o.set, o.quiet, o.out("run directory (model.pt, metrics.json, checkpoint.pt)", required=True)],
+                       help="train a recipe and evaluate it in surrogate and hard-spike mode")
     p.add_argument("--config", required=True, help="recipe TOML file (or the name of one in train/)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a recipe field, e.g. optimizer.rho=0.3")
-    p.add_argument("--out", required=True, help="run directory (model.pt, metrics.json, checkpoint.pt)")
     p.add_argument("--restart", action="store_true", help="ignore an existing checkpoint instead of resuming")
     p.add_argument("--device", choices=("cpu", "cuda", "auto"), help="overrides training.device (auto: CUDA when present)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("evaluate", help="accuracy of a trained run on its test split, as JSON")
+
+def add_evaluate(sub, o: Shared) -> None:
+    p = sub.add_parser("evaluate", parents=[o.quiet], help="accuracy of a trained run on its test split, as JSON")
     p.add_argument("run_dir")
     p.add_argument("--mode", choices=("surrogate", "hard", "both"), default="both")
-    p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("demo", help="train baseline and SAST on the embedded default and print the paper's table")
-    p.add_argument("--config", default=DEMO_RECIPE, help=f"recipe (default train/{DEMO_RECIPE}: the regime where SAST's effect is largest)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override in the --config recipe")
+
+def add_demo(sub, o: Shared) -> None:
+    p = sub.add_parser("demo", parents=[o.set, o.out("output folder", default="runs/demo")],
+                       help="train baseline and SAST on the embedded default and print the paper's table")
+    p.add_argument("--config", default=DEMO_RECIPE,
+                   help=f"recipe (default train/{DEMO_RECIPE}: the regime where SAST's effect is largest); --set applies to it")
     p.add_argument("--beside", default=DEMO_ARCTAN_RECIPE, metavar="RECIPE",
                    help=f"a second recipe trained and shown beside it (default train/{DEMO_ARCTAN_RECIPE}, the arctan regime; '' for none)")
-    p.add_argument("--out", default="runs/demo")
     p.add_argument("--lava-samples", type=int, default=200, help="test samples run on Lava's simulator (0: skip deployment)")
     p.set_defaults(func=cmd_demo)
 
-    p = sub.add_parser("export", help="export a run: Loihi 2 netx HDF5 (lava), NIR or ONNX")
+
+def add_export(sub, o: Shared) -> None:
+    p = sub.add_parser("export", parents=[o.spec, o.out("output file (default RUN_DIR/net.h5, net.nir or net.onnx)")],
+                       help="export a run: Loihi 2 netx HDF5 (lava), NIR or ONNX")
     p.add_argument("run_dir", nargs="?")
     p.add_argument("--target", nargs="?", const=None, default="lava",
                    help=f"export target: {', '.join(EXPORT_TARGETS)} (default lava; --target alone lists them)")
-    p.add_argument("--out", help="output file (default RUN_DIR/net.h5, net.nir or net.onnx)")
-    p.add_argument("--spec", help="target spec TOML (default export/loihi2.toml; export/loihi2-w4.toml: 4-bit weights)")
-    p.add_argument("--weight-bits", type=int, help="weight mantissa bits (8, 6, 4, ...), overrides the spec")
     p.set_defaults(func=cmd_export)
 
-    p = sub.add_parser("simulate", help="run an exported network on Lava's CPU simulator (Loihi2SimCfg, fixed_pt)")
+
+def add_simulate(sub, o: Shared) -> None:
+    p = sub.add_parser("simulate", parents=[o.copies, o.quiet, o.out("output JSON (default RUN_DIR/simulate.json)")],
+                       help="run an exported network on Lava's CPU simulator (Loihi2SimCfg, fixed_pt)")
     p.add_argument("net", help="netx HDF5 file")
     p.add_argument("--run", required=True, help="the run whose recipe names the dataset")
     p.add_argument("--samples", type=int, default=500, help="test samples to run: a seeded class-stratified subset (0 = all)")
-    p.add_argument("--out", help="output JSON (default RUN_DIR/simulate.json)")
     p.add_argument("--hardware", help="simulator run config (default hardware/lava-sim.toml)")
-    p.add_argument("--copies", type=int, default=DEFAULT_COPIES,
-                   help=f"K network copies in one graph, each on its own sample, bit-identical to K=1 (default {DEFAULT_COPIES}: "
-                        "see benchmarks/simulation_speed.py)")
-    p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_simulate)
 
-    p = sub.add_parser("compare", help="float vs quantized emulator vs Lava, sample by sample (compare.json, compare.md)")
+
+def add_compare(sub, o: Shared) -> None:
+    p = sub.add_parser("compare", parents=[o.spec, o.copies, o.quiet],
+                       help="float vs quantized emulator vs Lava, sample by sample (compare.json, compare.md)")
     p.add_argument("run_dir")
-    p.add_argument("--samples", type=int, default=500, help="test samples run on Lava, a seeded class-stratified subset (the emulator runs them all; 0 = all)")
-    p.add_argument("--spec", help="target spec TOML (default export/loihi2.toml)")
-    p.add_argument("--weight-bits", type=int, help="weight mantissa bits, overrides the spec (files get a -wN suffix)")
-    p.add_argument("--copies", type=int, default=DEFAULT_COPIES, help="network copies per Lava graph (see simulate --copies)")
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--samples", type=int, default=500,
+                   help="test samples run on Lava: a seeded class-stratified subset (the emulator runs them all; 0 = all)")
     p.set_defaults(func=cmd_compare)
 
-    p = sub.add_parser("study", help="run a transfer-gap study (methods x seeds; resumable)")
+
+def add_study(sub, o: Shared) -> None:
+    p = sub.add_parser("study", parents=[o.quiet, o.out("study folder (one run directory per method and seed)", required=True)],
+                       help="run a transfer-gap study (methods x seeds; resumable)")
     p.add_argument("study", help="study TOML (or the name of one in train/, e.g. study-nmnist or study-gesture)")
-    p.add_argument("--out", required=True)
     p.add_argument("--seeds", type=lambda v: tuple(int(s) for s in v.split(",")), default=None, metavar="S1,S2",
                    help="run only these of the study's seeds (e.g. one process per seed in parallel; the report reads all)")
-    p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_study)
 
-    p = sub.add_parser("report", help="table, diagnostics and figures of a study (report.md, report.json, PNGs)")
+
+def add_report(sub, o: Shared) -> None:
+    p = sub.add_parser("report", parents=[o.out("folder for report.md, report.json and the figures", required=True)],
+                       help="table, diagnostics and figures of a study (report.md, report.json, PNGs)")
     p.add_argument("study_dir")
-    p.add_argument("--out", required=True)
     p.add_argument("--no-diagnostics", action="store_true", help="skip spectral norms, gradient norms, sharpness, margins")
     p.add_argument("--also", action="append", default=[], metavar="STUDY_DIR",
                    help="another study whose baseline and SAST runs join the gap-vs-rho-per-surrogate-family figure (repeatable)")
     p.set_defaults(func=cmd_report)
 
-    p = sub.add_parser("calibrate", help="post-hoc per-layer threshold calibration of a run on a split of its training data")
+
+def add_calibrate(sub, o: Shared) -> None:
+    p = sub.add_parser("calibrate", parents=[o.quiet, o.out("run directory for the calibrated network", required=True)],
+                       help="post-hoc per-layer threshold calibration of a run on a split of its training data")
     p.add_argument("run_dir")
-    p.add_argument("--out", required=True, help="run directory for the calibrated network")
     p.add_argument("--fraction", type=float, default=0.1, help="fraction of training source images used for calibration")
-    p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_calibrate)
 
-    p = sub.add_parser("robustness", help="hard-spike accuracy (emulator) under event drop, noise, jitter and polarity flips")
+
+def add_robustness(sub, o: Shared) -> None:
+    p = sub.add_parser("robustness", parents=[o.quiet, o.out("directory for robustness.json, .md and .png", required=True)],
+                       help="hard-spike accuracy (emulator) under event drop, noise, jitter and polarity flips")
     p.add_argument("run_dirs", nargs="+", help="runs on the same dataset (e.g. baseline and SAST)")
-    p.add_argument("--out", required=True, help="directory for robustness.json, .md and .png")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_robustness)
 
-    p = sub.add_parser("write-dataset", help="write a generated dataset as a real one's files in tonic's layout (N-MNIST .bin, DVS Gesture .npy)")
-    p.add_argument("dataset", choices=("synthetic-nmnist", "synthetic-gesture"))
-    p.add_argument("--out", required=True, help="root folder; train on it with --set data.name=nmnist (or dvsgesture) --set data.data_dir=OUT")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="a [data] field of the generated set, e.g. data.synthetic.max_sources=200 or data.max_train=1000")
-    p.add_argument("--train", type=int, default=0, help="training files: a class-stratified subset, or every recording repeated in turn "
-                                                        "when larger (0: each recording once)")
-    p.add_argument("--test", type=int, default=0, help="test files (as --train)")
-    p.add_argument("--quiet", action="store_true")
-    p.set_defaults(func=cmd_write_dataset)
 
-    p = sub.add_parser("precision", help="hard-spike accuracy and SynOps of runs at 8/6/4-bit weights (emulator), mean ± std per method")
+def add_precision(sub, o: Shared) -> None:
+    p = sub.add_parser("precision", parents=[o.out("also write the table as JSON")],
+                       help="hard-spike accuracy and SynOps of runs at 8/6/4-bit weights (emulator), mean ± std per method")
     p.add_argument("run_dirs", nargs="+")
     p.add_argument("--bits", default="8,6,4")
-    p.add_argument("--out", help="also write the table as JSON")
     p.set_defaults(func=cmd_precision)
+
+
+def add_write_dataset(sub, o: Shared) -> None:
+    p = sub.add_parser("write-dataset", parents=[o.quiet, o.out("root folder; train on it with --set data.name=nmnist (or dvsgesture) "
+                                                                "--set data.data_dir=OUT", required=True)],
+                       help="write a generated dataset as a real one's files in tonic's layout (N-MNIST .bin, DVS Gesture .npy)")
+    p.add_argument("dataset", choices=("synthetic-nmnist", "synthetic-gesture"))
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="a [data] field of the generated set, e.g. data.synthetic.max_sources=200 or data.max_train=1000")
+    p.add_argument("--train", type=int, default=0,
+                   help="training files: a class-stratified subset, or every recording repeated in turn when larger (0: each once)")
+    p.add_argument("--test", type=int, default=0, help="test files (as --train)")
+    p.set_defaults(func=cmd_write_dataset)
+
+
+COMMANDS = (add_train, add_evaluate, add_demo, add_export, add_simulate, add_compare, add_study, add_report,
+            add_calibrate, add_robustness, add_precision, add_write_dataset)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="sast-deploy", description="Sharpness-Aware Surrogate Training, deployed to Loihi 2 through Lava.")
+    sub = ap.add_subparsers(dest="command", required=True)
+    shared = Shared()
+    for add in COMMANDS:
+        add(sub, shared)
     return ap
 
 

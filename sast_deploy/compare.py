@@ -25,7 +25,10 @@ from .lock import run_lock
 from .model import SpikingNet, predict
 from .quantize import Loihi2Spec, QuantizedNet, load_spec, quantize
 from .simulate import DEFAULT_COPIES, SimulationResult, simulate_lava
-from .train import RunError, accuracy_pct, distributed_context, is_rank_zero, load_run, output_counts
+from .distributed import distributed_context, is_rank_zero
+from .errors import RunError
+from .evaluate import accuracy_pct, output_counts
+from .runs import load_run
 
 
 def check_input(qnet: QuantizedNet, data: FrameDataset, net_path: Path) -> None:

@@ -20,7 +20,7 @@ import torch
 
 from .data import FrameDataset
 from .model import SpikingNet
-from .train import loss_on, time_first
+from .evaluate import loss_on, time_first
 
 
 def spectral_norms(model: SpikingNet) -> List[float]:

@@ -52,7 +52,7 @@ def export_run(run_dir: str | Path, out: Optional[str | Path] = None, spec: Opti
     """Export a trained run to ``target`` (a key of :data:`EXPORT_TARGETS`), by default to
     RUN_DIR/net.h5 (lava; plus quantization.json), net.nir or net.onnx. Returns what was written
     (``net``, ``target``; for lava also the per-layer quantization report, ``layers``)."""
-    from .train import load_run  # noqa: the run files' reader
+    from .runs import load_run
 
     if target not in EXPORT_TARGETS:
         raise QuantizationError(f"unknown export target {target!r}; known: {', '.join(EXPORT_TARGETS)}")

@@ -23,9 +23,9 @@ import numpy as np
 
 from .errors import SastDeployError
 from .fileio import atomic_write_bytes
-from .model import SpikingNet, non_finite_parameters
+from .model import SpikingLayer, SpikingNet, non_finite_parameters
 from .netx_weights import netx_dense_weights
-from .quantize import QuantizedNet
+from .quantize import QuantizedLayer, QuantizedNet
 from .functional.lif import LOIHI_ACT_SHIFT, LOIHI_DECAY_UNITY, LOIHI_STATE_BITS
 
 
@@ -34,6 +34,39 @@ class InterchangeError(SastDeployError, ValueError):
 
 
 # --- NIR ----------------------------------------------------------------------------------
+
+
+def _nir_synapse(layer: SpikingLayer, shape: Tuple[int, ...], gain: float):
+    """The NIR node of a layer's synapse for inputs of ``shape`` (no batch), weights x ``gain``."""
+    import nir
+
+    if layer.kind == "dense":
+        w = layer.synapse.weight.detach().double().numpy() * gain
+        return nir.Linear(weight=w.astype(np.float32))
+    if layer.kind == "conv":
+        conv = layer.synapse
+        w, stride, padding, groups = conv.weight.detach().double().numpy(), conv.stride, conv.padding, conv.groups
+    else:
+        # sum-pool as a conv whose kernel is diagonal in the channels (NIR's type
+        # inference does not follow groups, so no depthwise conv here)
+        k, c = layer.synapse.kernel, shape[0]
+        w = np.zeros((c, c, k, k))
+        w[np.arange(c), np.arange(c)] = float(layer.synapse.weight)
+        stride, padding, groups = (k, k), (0, 0), 1
+    return nir.Conv2d(
+        input_shape=tuple(shape[1:]), weight=(w * gain).astype(np.float32), stride=tuple(stride),
+        padding=tuple(padding), dilation=(1, 1), groups=groups, bias=np.zeros(w.shape[0], dtype=np.float32),
+    )
+
+
+def _output_shape(layer: SpikingLayer, shape: Tuple[int, ...]) -> Tuple[int, ...]:
+    """A layer's output shape (no batch) for inputs of ``shape``."""
+    import torch
+
+    if layer.kind == "dense":
+        return (layer.synapse.weight.shape[0],)
+    with torch.no_grad():
+        return tuple(layer.currents(torch.zeros((1, 1) + shape))[0].shape[1:])
 
 
 def to_nir(model: SpikingNet, dt: float = 1e-3):
@@ -47,41 +80,17 @@ def to_nir(model: SpikingNet, dt: float = 1e-3):
     edges: List[Tuple[str, str]] = []
     prev = "input"
     shape: Tuple[int, ...] = tuple(model.input_shape)
-    with_batch = (1,) + shape
-    import torch
-
-    x = torch.zeros(with_batch)
     for i, layer in enumerate(model.layers):
         beta, v_th = layer.lif.beta, layer.lif.v_th
         if beta >= 1.0:
             raise InterchangeError(f"layer {i}: beta = 1 (no leak) has no NIR LIF equivalent (tau would be infinite)")
-        gain = 1.0 / (1.0 - beta)
-        if layer.kind == "dense":
-            if len(shape) > 1:
-                nodes[f"flatten{i}"] = nir.Flatten(input_type={"input": np.array(shape)}, start_dim=0, end_dim=-1)
-                edges.append((prev, f"flatten{i}"))
-                prev = f"flatten{i}"
-            w = layer.synapse.weight.detach().double().numpy() * gain
-            nodes[f"synapse{i}"] = nir.Linear(weight=w.astype(np.float32))
-        else:
-            if layer.kind == "conv":
-                conv = layer.synapse
-                w, stride, padding, groups = conv.weight.detach().double().numpy(), conv.stride, conv.padding, conv.groups
-            else:
-                # sum-pool as a conv whose kernel is diagonal in the channels (NIR's type
-                # inference does not follow groups, so no depthwise conv here)
-                k, c = layer.synapse.kernel, shape[0]
-                w = np.zeros((c, c, k, k))
-                w[np.arange(c), np.arange(c)] = float(layer.synapse.weight)
-                stride, padding, groups = (k, k), (0, 0), 1
-            nodes[f"synapse{i}"] = nir.Conv2d(
-                input_shape=tuple(shape[1:]), weight=(w * gain).astype(np.float32), stride=tuple(stride),
-                padding=tuple(padding), dilation=(1, 1), groups=groups, bias=np.zeros(w.shape[0], dtype=np.float32),
-            )
+        if layer.kind == "dense" and len(shape) > 1:
+            nodes[f"flatten{i}"] = nir.Flatten(input_type={"input": np.array(shape)}, start_dim=0, end_dim=-1)
+            edges.append((prev, f"flatten{i}"))
+            prev = f"flatten{i}"
+        nodes[f"synapse{i}"] = _nir_synapse(layer, shape, gain=1.0 / (1.0 - beta))
         edges.append((prev, f"synapse{i}"))
-        with torch.no_grad():
-            x = layer.currents(x[None])[0] if layer.kind != "dense" else torch.zeros(1, layer.synapse.weight.shape[0])
-        shape = tuple(x.shape[1:])
+        shape = _output_shape(layer, shape)
         n = np.ones(shape, dtype=np.float32)
         nodes[f"lif{i}"] = nir.LIF(tau=n * dt / (1.0 - beta), r=n.copy(), v_leak=0 * n, v_threshold=n * v_th, v_reset=0 * n)
         edges.append((f"synapse{i}", f"lif{i}"))
@@ -126,71 +135,104 @@ def run_nir_with_norse(path: str | Path, frames, dt: float = 1e-3):
 # --- ONNX ---------------------------------------------------------------------------------
 
 
+class OnnxGraph:
+    """The nodes and initializers of an ONNX graph under construction; every value gets a
+    unique name from one counter."""
+
+    def __init__(self):
+        self.nodes: list = []
+        self.initializers: list = []
+        self.count = 0
+
+    def const(self, value, name_hint: str = "c") -> str:
+        """An initializer holding ``value`` (float64 or int64)."""
+        from onnx import numpy_helper
+
+        self.count += 1
+        name = f"{name_hint}_{self.count}"
+        arr = np.asarray(value)
+        self.initializers.append(numpy_helper.from_array(arr.astype(np.float64 if arr.dtype.kind == "f" else np.int64), name))
+        return name
+
+    def op(self, kind: str, inputs: List[str], **attrs) -> str:
+        """A node of operator ``kind``; returns the name of its output."""
+        from onnx import helper
+
+        self.count += 1
+        out = f"{kind.lower()}_{self.count}"
+        self.nodes.append(helper.make_node(kind, inputs, [out], **attrs))
+        return out
+
+    def floor_div_pow2(self, x: str, bits: int) -> str:
+        """floor(x / 2^bits) in integers."""
+        d = self.const(1 << bits)
+        return self.op("Div", [self.op("Sub", [x, self.op("Mod", [x, d])]), d])  # exact: x - (x mod d) is a multiple of d
+
+
+def _dense_input(g: OnnxGraph, s: str, q: QuantizedLayer, flatten: bool) -> str:
+    """A dense layer's synaptic input in weight mantissa units: netx's weight mantissas and
+    exponent, applied as a shift."""
+    if flatten:
+        s = g.op("Flatten", [s], axis=1)
+    ws, wexp = netx_dense_weights(q.weight)
+    a = g.op("MatMul", [s, g.const(ws.T)])
+    if wexp < 0:
+        a = g.floor_div_pow2(a, -wexp)
+    elif wexp > 0:
+        a = g.op("Mul", [a, g.const(1 << wexp)])
+    return a
+
+
+def _conv_input(g: OnnxGraph, s: str, q: QuantizedLayer) -> str:
+    """A conv or pool layer's synaptic input, wrapped to 24 bits (computed in float64, exact:
+    sums of small integers)."""
+    from onnx import TensorProto
+
+    half = 1 << (LOIHI_STATE_BITS - 1)
+    xf = g.op("Cast", [s], to=TensorProto.DOUBLE)
+    conv = g.op("Conv", [xf, g.const(q.weight.astype(np.float64))], strides=list(q.stride),
+                pads=[q.padding[0], q.padding[1], q.padding[0], q.padding[1]], group=q.groups)
+    a = g.op("Cast", [conv], to=TensorProto.INT64)
+    return g.op("Sub", [g.op("Mod", [g.op("Add", [a, g.const(half)]), g.const(2 * half)]), g.const(half)])  # 24-bit wrap
+
+
+def _lif_step(g: OnnxGraph, a: str, v_in: str, v_next: str, q: QuantizedLayer) -> str:
+    """The LIF of functional/lif.py, :func:`lif_step_fixed_point`, on synaptic input ``a`` and
+    state ``v_in``; writes the new state to ``v_next`` and returns the spikes' name."""
+    from onnx import TensorProto, helper
+
+    half = 1 << (LOIHI_STATE_BITS - 1)
+    u = g.op("Mul", [a, g.const(1 << LOIHI_ACT_SHIFT)])
+    u = g.op("Where", [g.op("Greater", [u, g.const(half)]), g.op("Sub", [u, g.const(2 * half)]),
+                       g.op("Where", [g.op("LessOrEqual", [u, g.const(-half)]), g.op("Add", [u, g.const(2 * half)]), u])])
+    x = g.op("Mul", [v_in, g.const(LOIHI_DECAY_UNITY - q.v_decay)])
+    decayed = g.op("Mul", [g.op("Sign", [x]), g.op("Div", [g.op("Abs", [x]), g.const(LOIHI_DECAY_UNITY)])])
+    v = g.op("Clip", [g.op("Add", [decayed, u]), g.const(-(half - 1)), g.const(half - 1)])
+    spikes = g.op("Cast", [g.op("Greater", [v, g.const(q.vth_mant << LOIHI_ACT_SHIFT)])], to=TensorProto.INT64)
+    g.nodes.append(helper.make_node("Mul", [v, g.op("Sub", [g.const(1), spikes])], [v_next]))
+    return spikes
+
+
 def to_onnx(qnet: QuantizedNet, opset: int = 17):
     """The quantized network as an ONNX one-step graph (int64 in and out)."""
     import onnx
-    from onnx import TensorProto, helper, numpy_helper
+    from onnx import TensorProto, helper
 
-    nodes, inits = [], []
-    counter = [0]
-
-    def const(value, name_hint="c") -> str:
-        counter[0] += 1
-        name = f"{name_hint}_{counter[0]}"
-        arr = np.asarray(value)
-        arr = arr.astype(np.float64 if arr.dtype.kind == "f" else np.int64)
-        inits.append(numpy_helper.from_array(arr, name))
-        return name
-
-    def op(kind, inputs, **attrs) -> str:
-        counter[0] += 1
-        out = f"{kind.lower()}_{counter[0]}"
-        nodes.append(helper.make_node(kind, inputs, [out], **attrs))
-        return out
-
-    def floor_div_pow2(x: str, bits: int) -> str:
-        d = const(1 << bits)
-        return op("Div", [op("Sub", [x, op("Mod", [x, d])]), d])  # exact: x - (x mod d) is a multiple of d
-
+    g = OnnxGraph()
     in_shape = ["batch", *qnet.layers[0].in_shape]
     graph_inputs = [helper.make_tensor_value_info("spikes_in", TensorProto.INT64, in_shape)]
     graph_outputs = []
-    half = 1 << (LOIHI_STATE_BITS - 1)
     s = "spikes_in"
     for i, q in enumerate(qnet.layers):
-        if q.kind == "dense":
-            if len(in_shape) > 2:
-                s = op("Flatten", [s], axis=1)
-            ws, wexp = netx_dense_weights(q.weight)
-            a = op("MatMul", [s, const(ws.T)])
-            if wexp < 0:
-                a = floor_div_pow2(a, -wexp)
-            elif wexp > 0:
-                a = op("Mul", [a, const(1 << wexp)])
-        else:
-            xf = op("Cast", [s], to=TensorProto.DOUBLE)
-            conv = op("Conv", [xf, const(q.weight.astype(np.float64))], strides=list(q.stride),
-                      pads=[q.padding[0], q.padding[1], q.padding[0], q.padding[1]], group=q.groups)
-            a = op("Cast", [conv], to=TensorProto.INT64)  # exact: sums of small integers
-            a = op("Sub", [op("Mod", [op("Add", [a, const(half)]), const(2 * half)]), const(half)])  # 24-bit wrap
-        # the LIF of functional/lif.py, lif_step_fixed_point
-        u = op("Mul", [a, const(1 << LOIHI_ACT_SHIFT)])
-        u = op("Where", [op("Greater", [u, const(half)]), op("Sub", [u, const(2 * half)]),
-                         op("Where", [op("LessOrEqual", [u, const(-half)]), op("Add", [u, const(2 * half)]), u])])
-        v_in = f"v_{i}"
+        a = _dense_input(g, s, q, flatten=len(in_shape) > 2) if q.kind == "dense" else _conv_input(g, s, q)
         out_shape = ["batch", *q.out_shape]
-        graph_inputs.append(helper.make_tensor_value_info(v_in, TensorProto.INT64, out_shape))
-        x = op("Mul", [v_in, const(LOIHI_DECAY_UNITY - q.v_decay)])
-        decayed = op("Mul", [op("Sign", [x]), op("Div", [op("Abs", [x]), const(LOIHI_DECAY_UNITY)])])
-        v = op("Clip", [op("Add", [decayed, u]), const(-(half - 1)), const(half - 1)])
-        spikes = op("Cast", [op("Greater", [v, const(q.vth_mant << LOIHI_ACT_SHIFT)])], to=TensorProto.INT64)
-        nodes.append(helper.make_node("Mul", [v, op("Sub", [const(1), spikes])], [f"v_{i}_next"]))
+        graph_inputs.append(helper.make_tensor_value_info(f"v_{i}", TensorProto.INT64, out_shape))
+        s = _lif_step(g, a, f"v_{i}", f"v_{i}_next", q)
         graph_outputs.append(helper.make_tensor_value_info(f"v_{i}_next", TensorProto.INT64, out_shape))
-        s = spikes
         in_shape = out_shape
-    nodes.append(helper.make_node("Identity", [s], ["spikes_out"]))
+    g.nodes.append(helper.make_node("Identity", [s], ["spikes_out"]))
     graph_outputs.insert(0, helper.make_tensor_value_info("spikes_out", TensorProto.INT64, ["batch", qnet.n_classes]))
-    graph = helper.make_graph(nodes, "sast_deploy_step", graph_inputs, graph_outputs, initializer=inits)
+    graph = helper.make_graph(g.nodes, "sast_deploy_step", graph_inputs, graph_outputs, initializer=g.initializers)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], producer_name="sast-deploy")
     onnx.checker.check_model(model, full_check=True)
     return model

@@ -1,4 +1,4 @@
-"""Stage 2, model: LIF networks on norse's ``SNN`` machinery, one definition for every mode.
+"""Stage 2, model: LIF networks built as norse builds them, one definition for every mode.
 
 A network is a stack of :class:`SpikingLayer` (a synapse: dense, conv or sum-pool; then a
 :class:`LIF` population). The same weights run in ``surrogate``, ``hard`` or ``ste`` mode;
@@ -14,9 +14,8 @@ from typing import List, Sequence, Tuple, Union
 import numpy as np
 import torch
 import torch.nn.functional as F
-from norse.torch.module.snn import SNN
 
-from .functional.lif import SPIKE_MODES, SURROGATES, LIFState, lif_parameters, lif_step
+from .functional.lif import SPIKE_MODES, SURROGATES, LIFState, lif_initial_state, lif_parameters, lif_step
 from .validation import file_data
 
 ARCHS = ("mlp", "conv")
@@ -65,34 +64,41 @@ class ModelConfig:
             raise ValueError(f"model.alpha (surrogate slope) must be > 0, got {self.alpha}")
 
 
-class LIF(SNN):
-    """A population of our LIF neurons over time: norse's ``SNN`` driving :func:`lif_step`."""
+class LIF(torch.nn.Module):
+    """A population of our LIF neurons over time: :func:`lif_step` looped over the time bins
+    (norse's split: a pure step function, a small module that holds its parameters ``p``)."""
 
     def __init__(self, beta: float, v_th: float, alpha: float, surrogate: str = "arctan"):
-        super().__init__(activation=lif_step, state_fallback=self.initial_state,
-                         p=lif_parameters(beta, v_th, alpha, surrogate=surrogate), dt=1.0)
+        super().__init__()
+        self.p = lif_parameters(beta, v_th, alpha, surrogate)
 
-    @staticmethod
-    def initial_state(currents: torch.Tensor) -> LIFState:
-        zeros = torch.zeros_like(currents[0])
-        return LIFState(v=zeros, v_pre=zeros)
-
-    def forward(self, currents: torch.Tensor, mode: str = "hard", record_states: bool = False):
-        """Spikes [T, ...] for input currents [T, ...]; with ``record_states`` also the
-        states [T, ...] (``v`` after reset, ``v_pre`` before)."""
+    def forward(self, currents: torch.Tensor, mode: str = "hard", record_states: bool = False) -> Tuple[torch.Tensor, LIFState]:
+        """Spikes [T, ...] for input currents [T, ...], and the state after the last step; with
+        ``record_states`` the states of every step [T, ...] instead (``v`` after reset,
+        ``v_pre`` before)."""
         if mode not in SPIKE_MODES:
             raise ValueError(f"unknown spike mode {mode!r}; known: {', '.join(SPIKE_MODES)}")
-        self.p = self.p._replace(method=mode)
-        self.record_states = record_states
-        return super().forward(currents)
+        state = lif_initial_state(currents[0])
+        spikes, states = [], []
+        for current in currents:
+            z, state = lif_step(current, state, self.p, mode)
+            spikes.append(z)
+            if record_states:
+                states.append(state)
+        if record_states:
+            state = LIFState(v=torch.stack([s.v for s in states]), v_pre=torch.stack([s.v_pre for s in states]))
+        return torch.stack(spikes), state
 
     @property
     def beta(self) -> float:
-        return float(1.0 - self.dt * self.p.tau_mem_inv)
+        return self.p.beta
 
     @property
     def v_th(self) -> float:
-        return float(self.p.v_th)
+        return self.p.v_th
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
 
 
 class SumPool2d(torch.nn.Module):
@@ -128,46 +134,46 @@ class SpikingLayer(torch.nn.Module):
         return self.lif(self.currents(spikes), mode=mode, record_states=record_states)
 
 
+Synapses = List[Tuple[str, torch.nn.Module]]  # (kind, synapse) per layer, input to readout
+
+
+def dense_synapses(width: int, c: ModelConfig, n_classes: int) -> Synapses:
+    """The hidden dense layers of ``c.hidden`` and the readout, after ``width`` inputs."""
+    widths = [width, *c.hidden, n_classes]
+    return [("dense", torch.nn.Linear(w_in, w_out, bias=False)) for w_in, w_out in zip(widths, widths[1:])]
+
+
+def mlp_synapses(c: ModelConfig, input_shape: Tuple[int, ...], n_classes: int) -> Synapses:
+    return dense_synapses(int(np.prod(input_shape)), c, n_classes)
+
+
+def conv_synapses(c: ModelConfig, input_shape: Tuple[int, ...], n_classes: int) -> Synapses:
+    """conv -> optional sum-pool -> the dense layers (their width found by a probe)."""
+    p, hgt, wid = input_shape
+    layers: Synapses = [("conv", torch.nn.Conv2d(p, c.conv_channels, c.conv_kernel, stride=c.conv_stride, bias=False))]
+    if c.pool > 0:
+        layers.append(("pool", SumPool2d(c.pool, c.pool_weight)))
+    with torch.no_grad():
+        probe = torch.zeros(1, p, hgt, wid)
+        for _, synapse in layers:
+            probe = synapse(probe)
+    return layers + dense_synapses(int(np.prod(probe.shape)), c, n_classes)
+
+
 class SpikingNet(torch.nn.Module):
     """A feed-forward stack of spiking layers; the last one is the spiking readout."""
 
     def __init__(self, config: ModelConfig, input_shape: Sequence[int], n_classes: int):
         super().__init__()
-        self.config = config
+        self.config = c = config
         self.input_shape = tuple(int(s) for s in input_shape)
         self.n_classes = n_classes
-        c = config
-
-        def lif() -> LIF:
-            return LIF(c.beta, c.v_th, c.alpha, c.surrogate)
-
-        layers: List[SpikingLayer] = []
-        if c.arch == "mlp":
-            width = int(np.prod(self.input_shape))
-            for h in c.hidden:
-                layers.append(SpikingLayer("dense", torch.nn.Linear(width, h, bias=False), lif()))
-                width = h
-        else:
-            p, hgt, wid = self.input_shape
-            conv = torch.nn.Conv2d(p, c.conv_channels, c.conv_kernel, stride=c.conv_stride, bias=False)
-            layers.append(SpikingLayer("conv", conv, lif()))
-            if c.pool > 0:
-                layers.append(SpikingLayer("pool", SumPool2d(c.pool, c.pool_weight), lif()))
-            with torch.no_grad():
-                probe = torch.zeros(1, p, hgt, wid)
-                for layer in layers:
-                    probe = layer.synapse(probe)
-                width = int(np.prod(probe.shape))
-            for h in c.hidden:
-                layers.append(SpikingLayer("dense", torch.nn.Linear(width, h, bias=False), lif()))
-                width = h
-        layers.append(SpikingLayer("dense", torch.nn.Linear(width, n_classes, bias=False), lif()))
-        self.layers = torch.nn.ModuleList(layers)
-        if c.v_th_scale:
-            if len(c.v_th_scale) != len(layers):
-                raise ValueError(f"model.v_th_scale has {len(c.v_th_scale)} entries, the network {len(layers)} layers")
-            for layer, scale in zip(layers, c.v_th_scale):
-                layer.lif.p = layer.lif.p._replace(v_th=c.v_th * scale)
+        synapses = (mlp_synapses if c.arch == "mlp" else conv_synapses)(c, self.input_shape, n_classes)
+        scales = c.v_th_scale or (1.0,) * len(synapses)
+        if len(scales) != len(synapses):
+            raise ValueError(f"model.v_th_scale has {len(c.v_th_scale)} entries, the network {len(synapses)} layers")
+        self.layers = torch.nn.ModuleList(SpikingLayer(kind, synapse, LIF(c.beta, c.v_th * scale, c.alpha, c.surrogate))
+                                          for (kind, synapse), scale in zip(synapses, scales))
         if c.init_gain != 1.0:
             with torch.no_grad():
                 for p_ in self.parameters():

@@ -11,7 +11,8 @@ from typing import Dict
 from .data import load_dataset
 from .emulator import emulate
 from .quantize import load_spec, quantize
-from .train import accuracy_pct, load_run
+from .evaluate import accuracy_pct
+from .runs import load_run
 
 
 def precision_table(run_dirs, bits=(8, 6, 4), progress: bool = False) -> Dict[str, object]:

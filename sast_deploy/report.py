@@ -77,7 +77,7 @@ def collect(study_dir: str | Path, diagnostics: bool = True) -> Dict[str, object
     """Per method: the runs' metrics, comparisons and diagnostics (cached in each run)."""
     from .data import load_dataset
     from .diagnostics import diagnose
-    from .train import load_run
+    from .runs import load_run
 
     study_dir = Path(study_dir)
     index = read_json(study_dir / "study.json", "study index")
@@ -246,39 +246,43 @@ def _margin_figure(methods: Dict[str, List[dict]], path: Path) -> Path:
     return _save(fig, path)
 
 
-def figures(data: Dict[str, object], rows: List[Dict[str, object]], out: Path) -> List[Path]:
-    import matplotlib
+def _rho_axis(ax, rhos: Sequence[float]) -> None:
+    """A log axis of the SAST radius, labelled at the radii that were run (not at decades)."""
+    ax.set_xscale("log")
+    ax.set_xticks(rhos, [f"{rho:g}" for rho in rhos])
+    ax.minorticks_off()
+    ax.set_xlabel("SAST perturbation radius ρ (weight units, log scale)")
 
-    matplotlib.use("Agg")
+
+def gap_vs_rho_figure(methods: Dict[str, List[dict]], sast: List[Tuple[float, str]], path: Path) -> Path:
+    """Transfer gap (pp) and hard-spike accuracy (%) against rho: SAST per radius (mean ± std
+    and each seed), the baseline as a band."""
     import matplotlib.pyplot as plt
 
-    paths = []
-    methods = data["methods"]
-    sast = sorted(((runs[0]["rho"], name) for name, runs in methods.items() if runs[0]["optimizer"] == "sast"))
-    # 1. gap and hard accuracy vs rho
-    if sast:
-        fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-        for ax, key, label in ((axes[0], "transfer_gap_pp", "transfer gap (pp)"), (axes[1], "hard_accuracy", "hard-spike accuracy (%)")):
-            rhos = [rho for rho, _ in sast]
-            vals = [[r["metrics"][key] for r in methods[name]] for _, name in sast]
-            ax.errorbar(rhos, [np.mean(v) for v in vals], yerr=[np.std(v) for v in vals], marker="o", capsize=3, label="SAST (mean ± std over seeds)")
-            for rho, v in zip(rhos, vals):
-                ax.scatter([rho] * len(v), v, s=10, color="gray", alpha=0.6)
-            if "baseline" in methods:
-                b = [r["metrics"][key] for r in methods["baseline"]]
-                ax.axhspan(np.mean(b) - np.std(b), np.mean(b) + np.std(b), color="C1", alpha=0.2)
-                ax.axhline(np.mean(b), color="C1", label="baseline (mean ± std)")
-            ax.set_xscale("log")
-            ax.set_xticks(rhos, [f"{rho:g}" for rho in rhos])  # label the radii that were run, not decades
-            ax.minorticks_off()
-            ax.set_xlabel("SAST perturbation radius ρ (weight units, log scale)")
-            ax.set_ylabel(label)
-            ax.grid(alpha=0.3)
-            ax.legend(fontsize=8)
-        fig.suptitle("Transfer gap and hard-spike accuracy vs ρ (test split)")
-        fig.tight_layout()
-        paths.append(_save(fig, out / "gap_vs_rho.png"))
-    # 2. accuracy per evaluation mode
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    rhos = [rho for rho, _ in sast]
+    for ax, key, label in ((axes[0], "transfer_gap_pp", "transfer gap (pp)"), (axes[1], "hard_accuracy", "hard-spike accuracy (%)")):
+        vals = [[r["metrics"][key] for r in methods[name]] for _, name in sast]
+        ax.errorbar(rhos, [np.mean(v) for v in vals], yerr=[np.std(v) for v in vals], marker="o", capsize=3, label="SAST (mean ± std over seeds)")
+        for rho, v in zip(rhos, vals):
+            ax.scatter([rho] * len(v), v, s=10, color="gray", alpha=0.6)
+        if "baseline" in methods:
+            b = [r["metrics"][key] for r in methods["baseline"]]
+            ax.axhspan(np.mean(b) - np.std(b), np.mean(b) + np.std(b), color="C1", alpha=0.2)
+            ax.axhline(np.mean(b), color="C1", label="baseline (mean ± std)")
+        _rho_axis(ax, rhos)
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle("Transfer gap and hard-spike accuracy vs ρ (test split)")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def accuracy_by_mode_figure(rows: List[Dict[str, object]], path: Path) -> Path:
+    """Test accuracy (%) per method in each evaluation mode of :data:`MODES`, mean ± std."""
+    import matplotlib.pyplot as plt
+
     fig, ax = plt.subplots(figsize=(max(8, 1.1 * len(rows)), 5.2))
     width = 0.2
     x = np.arange(len(rows))
@@ -294,15 +298,17 @@ def figures(data: Dict[str, object], rows: List[Dict[str, object]], out: Path) -
     ax.set_title("Accuracy per evaluation mode (mean ± std over seeds)")
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
-    paths.append(_save(fig, out / "accuracy_by_mode.png"))
-    # 3. membrane margins, baseline vs the SAST with the smallest mean gap, in both modes
-    best = min(sast, key=lambda s: np.mean([r["metrics"]["transfer_gap_pp"] for r in methods[s[1]]]))[1] if sast else None
-    if "baseline" in methods and best and all("diagnostics" in r for r in methods["baseline"] + methods[best]):
-        paths.append(_margin_figure({n: methods[n] for n in ("baseline", best)}, out / "membrane_margins.png"))
-    # 4. training curves
+    return _save(fig, path)
+
+
+def training_curves_figure(methods: Dict[str, List[dict]], names: List[str], path: Path) -> Path:
+    """Test accuracy (%) per epoch of the methods ``names``, surrogate and hard: the mean over
+    seeds, and their range as a band."""
+    import matplotlib.pyplot as plt
+
     fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
     for ax, key, label in ((axes[0], "surrogate_accuracy", "surrogate-forward"), (axes[1], "hard_accuracy", "hard spikes")):
-        for name in [n for n in ("baseline", best) if n in methods]:
+        for name in names:
             hist = [[h[key] for h in r["metrics"]["history"]] for r in methods[name]]
             n = min(len(h) for h in hist)
             arr = np.array([h[:n] for h in hist])
@@ -314,13 +320,35 @@ def figures(data: Dict[str, object], rows: List[Dict[str, object]], out: Path) -
         ax.legend(fontsize=8)
     axes[0].set_ylabel("test accuracy (%) (mean, band: seed range)")
     fig.tight_layout()
-    paths.append(_save(fig, out / "training_curves.png"))
-    # 5. gap vs rho per surrogate family (this study's runs and those of the studies passed with --also)
-    points = family_points(methods)
+    return _save(fig, path)
+
+
+def _all_family_points(data: Dict[str, object]) -> Dict[str, Dict[float, List[float]]]:
+    """:func:`family_points` of this study joined with those of the studies passed with --also."""
+    points = family_points(data["methods"])
     for other in data.get("also", []):
         for family, by_rho in family_points(other["methods"]).items():
             for rho, gaps in by_rho.items():
                 points.setdefault(family, {}).setdefault(rho, []).extend(gaps)
+    return points
+
+
+def figures(data: Dict[str, object], rows: List[Dict[str, object]], out: Path) -> List[Path]:
+    """The report's PNGs in ``out``: gap vs rho (when SAST ran), accuracy per mode, membrane
+    margins of the baseline and the SAST with the smallest mean gap (when diagnosed),
+    training curves, and gap vs rho per surrogate family."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    methods = data["methods"]
+    sast = sorted(((runs[0]["rho"], name) for name, runs in methods.items() if runs[0]["optimizer"] == "sast"))
+    best = min(sast, key=lambda s: np.mean([r["metrics"]["transfer_gap_pp"] for r in methods[s[1]]]))[1] if sast else None
+    paths = [gap_vs_rho_figure(methods, sast, out / "gap_vs_rho.png")] if sast else []
+    paths.append(accuracy_by_mode_figure(rows, out / "accuracy_by_mode.png"))
+    if "baseline" in methods and best and all("diagnostics" in r for r in methods["baseline"] + methods[best]):
+        paths.append(_margin_figure({n: methods[n] for n in ("baseline", best)}, out / "membrane_margins.png"))
+    paths.append(training_curves_figure(methods, [n for n in ("baseline", best) if n in methods], out / "training_curves.png"))
+    points = _all_family_points(data)
     if any(rho > 0 for by_rho in points.values() for rho in by_rho):
         paths.append(family_figure(points, out / "gap_vs_rho_by_family.png",
                                    "Transfer gap vs ρ per surrogate family (mean ± std over seeds)"))

@@ -24,7 +24,9 @@ from .data import DataConfig, events_to_frames, split_recordings
 from .fileio import atomic_write_bytes, atomic_write_text
 from .emulator import emulate
 from .quantize import quantize
-from .train import RunError, accuracy_pct, load_run
+from .errors import RunError
+from .evaluate import accuracy_pct
+from .runs import load_run
 
 # name: (what the severity measures, severities)
 CORRUPTIONS: Dict[str, tuple] = {

@@ -29,7 +29,7 @@ import json
 import multiprocessing
 import os
 from dataclasses import dataclass
-from typing import Dict, Tuple
+from typing import Dict, List, Tuple
 
 import numpy as np
 
@@ -180,6 +180,9 @@ class DVSPixel:
         return cls(**{f.name: getattr(config, f.name) for f in dataclasses.fields(cls)})
 
 
+Columns = Tuple[List[np.ndarray], List[np.ndarray], List[np.ndarray], List[np.ndarray]]  # x, y, t (us), p chunks
+
+
 def dvs_pixel_events(log_i: np.ndarray, frame_t: np.ndarray, duration_us: int, rng: np.random.Generator, pixel: DVSPixel) -> np.ndarray:
     """The DVS/ATIS pixel model shared by the synthetic datasets: events sorted by t.
 
@@ -189,14 +192,21 @@ def dvs_pixel_events(log_i: np.ndarray, frame_t: np.ndarray, duration_us: int, r
     events and timestamp jitter are added; events jittered out of [0, duration_us] are dropped.
     """
     n_frames, height, width = log_i.shape
-    n_px = height * width
-    log_i = log_i.reshape(n_frames, n_px)
+    columns = _contrast_events(log_i.reshape(n_frames, height * width), frame_t, width, rng, pixel)
+    _background_events(columns, height, width, duration_us, rng, pixel)
+    return _jittered_events(columns, duration_us, rng, pixel)
+
+
+def _contrast_events(log_i: np.ndarray, frame_t: np.ndarray, width: int, rng: np.random.Generator, pixel: DVSPixel) -> Columns:
+    """The threshold crossings of log intensity [frames, pixels], spread evenly (with a random
+    offset) over the render step in which they happened."""
+    n_px = log_i.shape[1]
     step = pixel.render_step_us
     threshold = np.maximum(pixel.contrast_threshold * (1 + pixel.threshold_mismatch * rng.standard_normal(n_px)), 0.02)
     ref = log_i[0].copy()
     last_event = np.full(n_px, -1e12)
     xs, ys, ts, ps = [], [], [], []
-    for f in range(1, n_frames):
+    for f in range(1, len(log_i)):
         diff = log_i[f] - ref
         # strict crossings: the digit returns exactly to its start at the end of the third
         # saccade, and a pixel sitting exactly (to rounding) one threshold from its reference
@@ -218,13 +228,25 @@ def dvs_pixel_events(log_i: np.ndarray, frame_t: np.ndarray, duration_us: int, r
         ys.append(idx // width)
         ts.append(frame_t[f - 1] + frac * step)
         ps.append((np.repeat(sign, counts) > 0).astype(int))
+    return xs, ys, ts, ps
 
+
+def _background_events(columns: Columns, height: int, width: int, duration_us: int, rng: np.random.Generator,
+                       pixel: DVSPixel) -> None:
+    """Append Poisson background activity (``noise_rate_hz`` per pixel and polarity), uniform
+    over pixels, time and polarity."""
+    xs, ys, ts, ps = columns
+    n_px = height * width
     n_noise = rng.poisson(pixel.noise_rate_hz * 2 * n_px * duration_us * 1e-6)
     xs.append(rng.integers(0, width, n_noise))
     ys.append(rng.integers(0, height, n_noise))
     ts.append(rng.uniform(0, duration_us, n_noise))
     ps.append(rng.integers(0, 2, n_noise))
 
+
+def _jittered_events(columns: Columns, duration_us: int, rng: np.random.Generator, pixel: DVSPixel) -> np.ndarray:
+    """The events with Gaussian timestamp jitter, rounded to us, inside the recording, sorted by t."""
+    xs, ys, ts, ps = columns
     t = np.round(np.concatenate(ts) + pixel.jitter_us * rng.standard_normal(sum(a.size for a in ts)))
     inside = (t >= 0) & (t <= duration_us)  # the recording window; jitter must not pile events on its edges
     events = np.empty(int(inside.sum()), dtype=EVENT_DTYPE)

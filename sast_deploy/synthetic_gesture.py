@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Dict, Tuple
+from typing import Callable, Dict, Tuple
 
 import numpy as np
 
@@ -110,63 +110,128 @@ def draw_subject(rng: np.random.Generator, cfg: SyntheticGestureConfig) -> Subje
     )
 
 
+@dataclass(frozen=True)
+class Motion:
+    """What every gesture's movement is drawn from, for one recording: the subject's chest
+    (cx, cy) px, size ``s`` and amplitude ``a`` (relative), the recording's ``speed``
+    (relative) and ``phase`` (rad), the times ``t`` [F, 1] in s, and ``w`` = 2 pi speed t."""
+
+    cx: float
+    cy: float
+    s: float
+    a: float
+    speed: float
+    phase: float
+    t: np.ndarray
+    w: np.ndarray
+
+    def circle(self, center, radius: float, freq: float, direction: int) -> np.ndarray:
+        """Positions [F, 2] on a circle at ``freq`` turns per s (x speed); direction 1 runs
+        clockwise on the image (y grows downwards), -1 counter-clockwise."""
+        th = self.phase + direction * 2 * np.pi * freq * self.speed * self.t
+        return np.asarray(center) + radius * np.concatenate([np.cos(th), np.sin(th)], axis=1)
+
+
+# Each gesture gives the positions [F, 2] of the hands it moves, by hand (0: image left, the
+# subject's right arm; 1: image right); the other hand rests. Some draw from ``rng``.
+Gesture = Callable[[Motion, np.random.Generator], Dict[int, np.ndarray]]
+
+
+def clapping(m: Motion, rng: np.random.Generator) -> Dict[int, np.ndarray]:
+    """Hands meet in the middle and part again."""
+    gap = 1.5 * m.s + 4.5 * m.a * m.s * (1 + np.cos(1.6 * m.w + m.phase)) / 2
+    return {0: np.concatenate([m.cx - gap, np.full_like(gap, m.cy + 1)], axis=1),
+            1: np.concatenate([m.cx + gap, np.full_like(gap, m.cy + 1)], axis=1)}
+
+
+def hand_wave(hand: int) -> Gesture:
+    """Side to side above the shoulder."""
+    side = -1 if hand == 0 else 1
+
+    def wave(m: Motion, rng: np.random.Generator) -> Dict[int, np.ndarray]:
+        x = m.cx + side * 8 * m.s + 3.5 * m.a * m.s * np.sin(1.4 * m.w + m.phase)
+        y = m.cy - 7 * m.s + 1.0 * m.s * np.cos(2.8 * m.w + 2 * m.phase)
+        return {hand: np.concatenate([x, y], axis=1)}
+
+    return wave
+
+
+def arm_circle(hand: int, direction: int) -> Gesture:
+    """The whole arm circling beside the body (direction 1: clockwise on the image)."""
+    side = -1 if hand == 0 else 1
+
+    def circle(m: Motion, rng: np.random.Generator) -> Dict[int, np.ndarray]:
+        return {hand: m.circle((m.cx + side * 7 * m.s, m.cy - 2 * m.s), 5.5 * m.a * m.s, 0.9, direction)}
+
+    return circle
+
+
+def arm_roll(m: Motion, rng: np.random.Generator) -> Dict[int, np.ndarray]:
+    """Forearms rolling around each other in front of the chest, either way round."""
+    direction = rng.choice([-1, 1])
+    roll = m.circle((0, 0), 2.5 * m.a * m.s, 1.8, direction)
+    return {0: np.array([m.cx - 1.5 * m.s, m.cy + 1]) + roll, 1: np.array([m.cx + 1.5 * m.s, m.cy + 1]) - roll}
+
+
+def air_drums(m: Motion, rng: np.random.Generator) -> Dict[int, np.ndarray]:
+    """Alternating strikes, fast down and slow up."""
+    hands = {}
+    for k, side in ((0, -1), (1, 1)):
+        beat = np.abs(np.sin(0.9 * m.w + m.phase + k * np.pi / 2)) ** 0.6
+        hands[k] = np.concatenate([np.full_like(beat, m.cx + side * 6 * m.s), m.cy + 4 * m.s - 5 * m.a * m.s * beat], axis=1)
+    return hands
+
+
+def air_guitar(m: Motion, rng: np.random.Generator) -> Dict[int, np.ndarray]:
+    """Fast strumming (image left) and a slow slide along the neck."""
+    strum = np.sin(2.8 * m.w + m.phase)
+    slide = np.sin(0.7 * m.w)
+    return {0: np.concatenate([m.cx - 3 * m.s + 0.8 * strum, m.cy + 4 * m.s + 2.5 * m.a * m.s * strum], axis=1),
+            1: np.concatenate([m.cx + 9 * m.s + 1.5 * m.s * slide, m.cy - 3 * m.s - 1.0 * m.s * slide], axis=1)}
+
+
+def other_gestures(m: Motion, rng: np.random.Generator) -> Dict[int, np.ndarray]:
+    """Smooth random movements (three sines per axis) of one or both hands."""
+    moving = [0, 1] if rng.random() < 0.5 else [int(rng.integers(2))]
+    hands = {}
+    for k in moving:
+        start = np.array([m.cx + (-1) ** (k + 1) * 6 * m.s, m.cy])
+        f = rng.uniform(0.3, 2.0, (3, 1, 2)) * m.speed
+        amp = rng.uniform(0.5, 2.0, (3, 1, 2)) * m.a * m.s
+        ph = rng.uniform(0, 2 * np.pi, (3, 1, 2))
+        hands[k] = start + (amp * np.sin(2 * np.pi * f * m.t[None] + ph)).sum(0)
+    return hands
+
+
+#: The movement of each class, in the order of :data:`GESTURE_CLASSES`.
+GESTURES: Tuple[Gesture, ...] = (
+    clapping,
+    hand_wave(0), hand_wave(1),  # right (image left), left
+    arm_circle(0, 1), arm_circle(0, -1),  # right arm clockwise, counter-clockwise
+    arm_circle(1, 1), arm_circle(1, -1),  # left arm
+    arm_roll, air_drums, air_guitar, other_gestures,
+)
+
+
 def hand_trajectories(label: int, t_s: np.ndarray, subject: Subject, rng: np.random.Generator) -> np.ndarray:
     """Positions (x, y) in px of the two hands [2, len(t_s), 2] for one recording of a class.
 
     Hand 0 is on the image's left (the subject's right arm), hand 1 on the right. y grows
     downwards, so ``(cos th, sin th)`` with th increasing runs clockwise on the image.
     """
+    if not 0 <= label < len(GESTURES):
+        raise ValueError(f"gesture label must be in 0..{len(GESTURE_CLASSES) - 1}, got {label}")
     cx, cy = subject.center
-    s, a = subject.size, subject.amplitude
+    s = subject.size
     speed = subject.speed * float(np.clip(1 + 0.08 * rng.standard_normal(), 0.8, 1.2))
     phase = rng.uniform(0, 2 * np.pi)
     t = t_s[:, None]
     rest = np.array([[cx - 8 * s, cy + 11 * s], [cx + 8 * s, cy + 11 * s]])  # hands hanging down
     hands = np.repeat(rest[:, None, :], len(t_s), axis=1).astype(np.float64)
     hands += 0.15 * np.sin(2 * np.pi * 0.7 * t + rng.uniform(0, 2 * np.pi, (2, 1, 2)))  # idle tremor
-
-    def circle(center, radius, freq, direction):
-        th = phase + direction * 2 * np.pi * freq * speed * t
-        return np.asarray(center) + radius * np.concatenate([np.cos(th), np.sin(th)], axis=1)
-
-    w = 2 * np.pi * speed * t
-    if label == 0:  # hand clapping: hands meet in the middle and part again
-        gap = 1.5 * s + 4.5 * a * s * (1 + np.cos(1.6 * w + phase)) / 2
-        hands[0] = np.concatenate([cx - gap, np.full_like(gap, cy + 1)], axis=1)
-        hands[1] = np.concatenate([cx + gap, np.full_like(gap, cy + 1)], axis=1)
-    elif label in (1, 2):  # hand wave (right arm = image left): side to side above the shoulder
-        k, side = (0, -1) if label == 1 else (1, 1)
-        x = cx + side * 8 * s + 3.5 * a * s * np.sin(1.4 * w + phase)
-        y = cy - 7 * s + 1.0 * s * np.cos(2.8 * w + 2 * phase)
-        hands[k] = np.concatenate([x, y], axis=1)
-    elif label in (3, 4, 5, 6):  # arm circles
-        k, side = (0, -1) if label in (3, 4) else (1, 1)
-        direction = 1 if label in (3, 5) else -1
-        hands[k] = circle((cx + side * 7 * s, cy - 2 * s), 5.5 * a * s, 0.9, direction)
-    elif label == 7:  # arm roll: forearms rolling around each other in front of the chest
-        direction = rng.choice([-1, 1])
-        roll = circle((0, 0), 2.5 * a * s, 1.8, direction)
-        hands[0] = np.array([cx - 1.5 * s, cy + 1]) + roll
-        hands[1] = np.array([cx + 1.5 * s, cy + 1]) - roll
-    elif label == 8:  # air drums: alternating strikes, fast down and slow up
-        for k, side in ((0, -1), (1, 1)):
-            beat = np.abs(np.sin(0.9 * w + phase + k * np.pi / 2)) ** 0.6
-            hands[k] = np.concatenate([np.full_like(beat, cx + side * 6 * s), cy + 4 * s - 5 * a * s * beat], axis=1)
-    elif label == 9:  # air guitar: fast strumming (image left) and a slow slide along the neck
-        strum = np.sin(2.8 * w + phase)
-        hands[0] = np.concatenate([cx - 3 * s + 0.8 * strum, cy + 4 * s + 2.5 * a * s * strum], axis=1)
-        slide = np.sin(0.7 * w)
-        hands[1] = np.concatenate([cx + 9 * s + 1.5 * s * slide, cy - 3 * s - 1.0 * s * slide], axis=1)
-    elif label == 10:  # other gestures: smooth random movements of one or both hands
-        moving = [0, 1] if rng.random() < 0.5 else [int(rng.integers(2))]
-        for k in moving:
-            start = np.array([cx + (-1) ** (k + 1) * 6 * s, cy])
-            f = rng.uniform(0.3, 2.0, (3, 1, 2)) * speed
-            amp = rng.uniform(0.5, 2.0, (3, 1, 2)) * a * s
-            ph = rng.uniform(0, 2 * np.pi, (3, 1, 2))
-            hands[k] = start + (amp * np.sin(2 * np.pi * f * t[None] + ph)).sum(0)
-    else:
-        raise ValueError(f"gesture label must be in 0..{len(GESTURE_CLASSES) - 1}, got {label}")
+    motion = Motion(cx=cx, cy=cy, s=s, a=subject.amplitude, speed=speed, phase=phase, t=t, w=2 * np.pi * speed * t)
+    for k, positions in GESTURES[label](motion, rng).items():
+        hands[k] = positions
     return hands
 
 

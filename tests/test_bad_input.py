@@ -17,7 +17,8 @@ from sast_deploy.config import RecipeError, load_recipe
 from sast_deploy.errors import RunError
 from sast_deploy.export import NetxFormatError, read_netx
 from sast_deploy.lock import run_lock
-from sast_deploy.train import load_run, train
+from sast_deploy.runs import load_run
+from sast_deploy.train import train
 
 from conftest import SMALL_RECIPE_TOML
 from test_train import _recipe

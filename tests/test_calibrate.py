@@ -8,7 +8,8 @@ from sast_deploy.calibrate import LIMIT_OCTAVES, calibrate_run, calibrate_thresh
 from sast_deploy.data import load_dataset
 from sast_deploy.model import ModelConfig, build_model
 from sast_deploy.quantize import quantize
-from sast_deploy.train import evaluate, load_run
+from sast_deploy.evaluate import evaluate
+from sast_deploy.runs import load_run
 
 
 def test_calibration_split_takes_whole_training_sources(small_data):

@@ -11,7 +11,7 @@ from sast_deploy.emulator import emulate, fan_out
 from sast_deploy.quantize import Loihi2Spec, QuantizedLayer, QuantizedNet, quantize
 from sast_deploy.robustness import FlipPolarity, corrupted_frames, split_events
 from sast_deploy.simulate import simulate_lava
-from sast_deploy.train import load_run
+from sast_deploy.runs import load_run
 
 
 def test_four_bit_weights_lava_equals_emulator(tmp_path, trained_run):

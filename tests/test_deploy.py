@@ -16,7 +16,8 @@ from sast_deploy.netx_weights import netx_dense_weights
 from sast_deploy.quantize import Loihi2Spec, QuantizationError, QuantizedLayer, QuantizedNet, quantize
 from sast_deploy.simulate import simulate_lava
 from sast_deploy.data import load_dataset
-from sast_deploy.train import load_run, output_counts
+from sast_deploy.evaluate import output_counts
+from sast_deploy.runs import load_run
 
 
 

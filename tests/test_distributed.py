@@ -7,7 +7,7 @@ import sys
 
 import torch
 
-from sast_deploy.train import load_run
+from sast_deploy.runs import load_run
 
 from conftest import SMALL_RECIPE_TOML
 

@@ -12,7 +12,8 @@ from sast_deploy.interchange import InterchangeError, run_nir_with_norse, run_on
 from sast_deploy.model import ModelConfig, build_model
 from sast_deploy.emulator import emulate_counts
 from sast_deploy.quantize import quantize
-from sast_deploy.train import load_run, output_counts
+from sast_deploy.evaluate import output_counts
+from sast_deploy.runs import load_run
 
 
 def _test_frames(run, n=24):

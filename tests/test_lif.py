@@ -106,15 +106,15 @@ def test_model_surrogate_field_reaches_every_lif_and_old_configs_load_as_arctan(
 
 
 def test_lif_step_by_hand():
-    p = lif_parameters(beta=0.75, v_th=1.0, alpha=2.0, mode="hard")
+    p = lif_parameters(beta=0.75, v_th=1.0, alpha=2.0)
     v = torch.tensor([0.4, 0.4, 0.0])
     i = torch.tensor([0.6, 0.8, 1.0])
-    z, s = lif_step(i, LIFBoxFeedForwardState(v=v), p)
+    z, s = lif_step(i, LIFBoxFeedForwardState(v=v), p, "hard")
     # v' = 0.75 * v + I = [0.9, 1.1, 1.0]; spikes strictly above 1; reset to zero
     assert z.tolist() == [0.0, 1.0, 0.0]
     np.testing.assert_allclose(s.v.numpy(), [0.9, 0.0, 1.0], rtol=1e-6)
     np.testing.assert_allclose(s.v_pre.numpy(), [0.9, 1.1, 1.0], rtol=1e-6)  # what the threshold saw
-    zs, ss = lif_step(i, LIFBoxFeedForwardState(v=v), p._replace(method="surrogate"))
+    zs, ss = lif_step(i, LIFBoxFeedForwardState(v=v), p, "surrogate")
     sig = arctan_sigmoid(torch.tensor([0.9, 1.1, 1.0]) - 1.0, 2.0)
     np.testing.assert_allclose(zs.numpy(), sig.numpy(), rtol=1e-6)
     np.testing.assert_allclose(ss.v.numpy(), (torch.tensor([0.9, 1.1, 1.0]) * (1 - sig)).numpy(), rtol=1e-6)
@@ -126,9 +126,13 @@ def test_lif_module_runs_over_time_in_every_mode():
     z, _ = lif(currents, mode="hard")
     # v: 0.6, 0.9, 1.05 -> spike, reset 0, 0.6
     assert z[:, 0].tolist() == [0.0, 0.0, 1.0, 0.0]
+    p = lif.p
     zs, _ = lif(currents, mode="surrogate")
     assert torch.all((zs > 0) & (zs < 1))
     assert lif.beta == 0.5 and lif.v_th == 1.0
+    assert lif.p is p  # the mode is an argument of the step: running a mode changes nothing in the module
+    with pytest.raises(ValueError, match="spike mode"):
+        lif(currents, mode="soft")
 
 
 def test_one_network_three_modes_same_weights():

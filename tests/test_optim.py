@@ -7,7 +7,8 @@ import torch
 
 from sast_deploy.model import ModelConfig, build_model
 from sast_deploy.optim import SAST
-from sast_deploy.train import epoch_order, loss_on, minibatches, sast_step
+from sast_deploy.evaluate import loss_on, minibatches
+from sast_deploy.train import epoch_order, sast_step
 
 
 def _net():

@@ -8,10 +8,12 @@ import pytest
 from sast_deploy.synthetic import DVSPixel, SyntheticNMNISTConfig, dvs_pixel_events
 from sast_deploy.synthetic_gesture import (
     GESTURE_CLASSES,
+    GESTURES,
     SyntheticGestureConfig,
     draw_subject,
     generate_gesture_recording,
     generate_synthetic_gesture,
+    hand_trajectories,
     subject_split,
 )
 
@@ -51,6 +53,17 @@ def test_waves_are_horizontal_and_drums_vertical():
     # a one-hand wave leaves the other half of the image nearly silent
     ev = generate_gesture_recording(1, subject, 0, np.random.default_rng(1), NOISELESS)
     assert (ev["x"] < 16).sum() > 5 * (ev["x"] >= 16).sum()
+
+
+def test_every_class_has_one_movement_and_other_labels_are_refused():
+    assert len(GESTURES) == len(GESTURE_CLASSES)
+    subject, t_s = draw_subject(np.random.default_rng(0), NOISELESS), np.linspace(0, 1.5, 50)
+    for label in range(len(GESTURES)):
+        hands = hand_trajectories(label, t_s, subject, np.random.default_rng(label))
+        assert hands.shape == (2, 50, 2) and np.isfinite(hands).all()
+    for bad in (-1, len(GESTURES)):
+        with pytest.raises(ValueError, match="gesture label"):
+            hand_trajectories(bad, t_s, subject, np.random.default_rng(0))
 
 
 def test_uses_the_pixel_calibrated_on_the_real_recording():

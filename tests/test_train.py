@@ -8,9 +8,12 @@ import torch
 
 from sast_deploy import train as train_mod
 from sast_deploy.cli import main
-from sast_deploy.runfiles import read_checkpoint
+from sast_deploy.runs import read_checkpoint
 from sast_deploy.config import RecipeError, apply_overrides, load_recipe, recipe_from_dict
-from sast_deploy.train import RunError, evaluate, load_run, train
+from sast_deploy.errors import RunError
+from sast_deploy.evaluate import evaluate
+from sast_deploy.runs import load_run
+from sast_deploy.train import train
 
 from conftest import SMALL_SYNTHETIC
 
@@ -165,6 +168,20 @@ def test_rerunning_a_finished_run_rewrites_its_outputs(tmp_path, small_data):
     again = train(recipe, tmp_path, progress=False, data=data)  # resumes after the last epoch: nothing to train
     assert again["hard_accuracy"] == first["hard_accuracy"] and (tmp_path / "metrics.json").exists()
     assert again["forward_backward_passes"] == first["forward_backward_passes"]
+
+
+def test_history_counts_passes_and_a_checkpoint_from_before_the_count_resumes_as_unknown(tmp_path, small_data):
+    _, data = small_data
+    recipe = _recipe(**{"training.epochs": 2, "optimizer.name": "baseline"})
+    first = train(recipe, tmp_path, progress=False, data=data)
+    steps = -(-len(data[0]) // 32)
+    assert [h["forward_backward_passes"] for h in first["history"]] == [steps, 2 * steps]  # the run so far
+    blob = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    for row in blob["history"]:
+        del row["forward_backward_passes"]  # as written before passes were counted
+    torch.save(blob, tmp_path / "checkpoint.pt")
+    again = train(recipe, tmp_path, progress=False, data=data)
+    assert again["forward_backward_passes"] is None and again["hard_accuracy"] == first["hard_accuracy"]
 
 
 def test_runs_and_checkpoints_written_before_the_surrogate_field_load_as_arctan(tmp_path, small_data):

@@ -27,8 +27,9 @@ alpha is the same slope at threshold in each; they differ in their tails:
 Unlike norse's ``lif_box_feed_forward_step`` (which scales the input by dt * tau_mem_inv),
 the input current is added unscaled after the decay: that is Loihi's CUBA update with
 du = 4095 (no synaptic current), so a trained layer maps onto the chip with the same
-weights. :class:`LIFParameters` has the fields of norse's ``LIFBoxParameters`` (``method``
-names the spike mode, ``alpha`` the surrogate slope) plus ``surrogate``, the family.
+weights. As in norse, the step is a pure function of (input, state, parameters); the
+parameters are our own small tuple (:class:`LIFParameters`: beta, v_th, alpha, surrogate)
+and the spike mode is an argument of the step, not a parameter.
 """
 
 from __future__ import annotations
@@ -37,7 +38,6 @@ import math
 from typing import Callable, Dict, NamedTuple, Tuple
 
 import torch
-from norse.torch.functional.lif_box import LIFBoxFeedForwardState
 from norse.torch.functional.reset import reset_value
 
 SPIKE_MODES = ("surrogate", "hard", "ste")
@@ -122,30 +122,23 @@ def spike(x: torch.Tensor, mode: str, alpha: float, surrogate: str = "arctan") -
 
 
 class LIFParameters(NamedTuple):
-    """norse's ``LIFBoxParameters`` (same fields, same meaning) plus ``surrogate``, the family
-    of sigma. A NamedTuple of its own because norse's cannot take another field."""
+    """The parameters of our LIF population: ``beta`` the membrane decay per time bin (0..1),
+    ``v_th`` the threshold theta, ``alpha`` the surrogate slope at threshold (sigma'(0) =
+    alpha / 2), ``surrogate`` the family of sigma (a key of :data:`SURROGATES`)."""
 
-    tau_mem_inv: float = 0.1
-    v_leak: float = 0.0
+    beta: float = 0.9
     v_th: float = 1.0
-    v_reset: float = 0.0
-    method: str = "surrogate"  # the spike mode
     alpha: float = 2.0
-    reset_method: Callable = reset_value
     surrogate: str = "arctan"
 
 
-def lif_parameters(beta: float, v_th: float, alpha: float, mode: str = "surrogate", dt: float = 1.0,
-                   surrogate: str = "arctan") -> LIFParameters:
-    """Parameters of our LIF. ``beta`` is the membrane decay per step (dt = 1 frame bin)."""
+def lif_parameters(beta: float, v_th: float, alpha: float, surrogate: str = "arctan") -> LIFParameters:
+    """Checked :class:`LIFParameters`."""
     if not 0.0 <= beta <= 1.0:
         raise ValueError(f"beta (membrane decay per step) must be in [0, 1], got {beta}")
-    if mode not in SPIKE_MODES:
-        raise ValueError(f"unknown spike mode {mode!r}; known: {', '.join(SPIKE_MODES)}")
     if surrogate not in SURROGATES:
         raise ValueError(f"unknown surrogate family {surrogate!r}; known: {', '.join(SURROGATES)}")
-    return LIFParameters(tau_mem_inv=(1.0 - beta) / dt, v_leak=0.0, v_th=v_th, v_reset=0.0, method=mode, alpha=alpha,
-                         surrogate=surrogate)
+    return LIFParameters(beta=float(beta), v_th=float(v_th), alpha=float(alpha), surrogate=surrogate)
 
 
 class LIFState(NamedTuple):
@@ -156,14 +149,20 @@ class LIFState(NamedTuple):
     v_pre: torch.Tensor
 
 
-def lif_step(
-    input_current: torch.Tensor, state: LIFBoxFeedForwardState, p: LIFParameters, dt: float = 1.0
-) -> Tuple[torch.Tensor, LIFState]:
-    """One step of the LIF above; the activation of norse's ``SNN``/``SNNCell``. Accepts
-    norse's ``LIFBoxFeedForwardState`` or a :class:`LIFState`."""
-    v_decayed = state.v + dt * p.tau_mem_inv * (p.v_leak - state.v) + input_current
-    z = spike(v_decayed - p.v_th, p.method, p.alpha, p.surrogate)
-    v_new = p.reset_method(z, v_decayed, p.v_reset, p.v_th)
+def lif_initial_state(current: torch.Tensor) -> LIFState:
+    """The resting state (v = 0) of a population shaped like one step's ``current``."""
+    zeros = torch.zeros_like(current)
+    return LIFState(v=zeros, v_pre=zeros)
+
+
+def lif_step(input_current: torch.Tensor, state: LIFState, p: LIFParameters, mode: str) -> Tuple[torch.Tensor, LIFState]:
+    """One step of the LIF above in spike mode ``mode``: (spikes, new state). ``state`` may
+    also be norse's ``LIFBoxFeedForwardState`` (only ``v`` is read)."""
+    # v' = beta v + I, written as norse's leak v + dt/tau (v_leak - v) with dt/tau = 1 - beta
+    # and v_leak = 0: in float32, beta * v rounds differently, and trained runs would change
+    v_decayed = state.v + (1.0 - p.beta) * (0.0 - state.v) + input_current
+    z = spike(v_decayed - p.v_th, mode, p.alpha, p.surrogate)
+    v_new = reset_value(z, v_decayed, 0.0, p.v_th)
     return z, LIFState(v=v_new, v_pre=v_decayed)
 
 
