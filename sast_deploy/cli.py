@@ -27,7 +27,7 @@ from .distributed import is_rank_zero
 from .errors import EXIT_BAD_INPUT, EXIT_SIGINT, EXIT_SIGTERM, SastDeployError, Terminated, one_line
 from .export import EXPORT_TARGETS
 from .quantize import QuantizationError
-from .simulate import DEFAULT_COPIES
+from .simulate import DEFAULT_COPIES, LAVA_MAX_CONV_GROUPS
 from .signals import terminate_raises
 
 RECIPES_DIR = Path(__file__).resolve().parent.parent / "train"
@@ -278,9 +278,10 @@ class Shared:
         self.spec = _option("--spec", help="target spec TOML (default export/loihi2.toml; export/loihi2-w4.toml: 4-bit weights)")
         self.spec.add_argument("--weight-bits", type=int,
                                help="weight mantissa bits (8, 6, 4, ...), overrides the spec (compare's files get a -wN suffix)")
-        self.copies = _option("--copies", type=int, default=DEFAULT_COPIES,
-                              help=f"K network copies in one graph, each on its own sample, bit-identical to K=1 "
-                                   f"(default {DEFAULT_COPIES}; benchmarks/simulation_speed.py times each K)")
+        self.copies = _option("--copies", type=int, default=None,
+                              help=f"K network copies in one graph, each on its own sample, bit-identical to K=1 (default "
+                                   f"{DEFAULT_COPIES}, fewer for fewer samples or where a conv layer's groups times K would "
+                                   f"pass Lava's limit of {LAVA_MAX_CONV_GROUPS}; benchmarks/simulation_speed.py times each K)")
 
     @staticmethod
     def out(help: str, **kwargs) -> argparse.ArgumentParser:

@@ -42,7 +42,7 @@ def check_input(qnet: QuantizedNet, data: FrameDataset, net_path: Path) -> None:
 
 
 def compare_run(run_dir: str | Path, samples: int = 500, progress: bool = True, spec: Optional[Loihi2Spec] = None,
-                copies: int = DEFAULT_COPIES) -> Dict[str, object]:
+                copies: Optional[int] = None) -> Dict[str, object]:
     """Writes RUN_DIR/compare.json and compare.md (compare-w4.json etc. below 8 weight bits).
     The run directory is locked meanwhile (rank 0 holds the lock under torchrun)."""
     run_dir = Path(run_dir)
@@ -52,7 +52,7 @@ def compare_run(run_dir: str | Path, samples: int = 500, progress: bool = True, 
         return _compare_run(run_dir, samples, progress, spec or load_spec(), copies)
 
 
-def _compare_run(run_dir: Path, samples: int, progress: bool, spec: Loihi2Spec, copies: int) -> Dict[str, object]:
+def _compare_run(run_dir: Path, samples: int, progress: bool, spec: Loihi2Spec, copies: Optional[int]) -> Dict[str, object]:
     """The run quantized once; that QuantizedNet is written to RUN_DIR/net.h5 (the deliverable,
     rewritten on every compare, so it always matches the model and every field of ``spec``),
     emulated on the full test split and handed to Lava for a class-stratified subset."""
@@ -88,7 +88,7 @@ def _compare_run(run_dir: Path, samples: int, progress: bool, spec: Loihi2Spec, 
 
 
 def _emulate_and_simulate(qnet: QuantizedNet, test: FrameDataset, lava_idx: np.ndarray, rank: int, world: int,
-                          progress: bool, copies: int) -> Tuple[Emulation, List[SimulationResult]]:
+                          progress: bool, copies: Optional[int]) -> Tuple[Emulation, List[SimulationResult]]:
     """This rank's slices (of the test split for the emulator, of ``lava_idx`` for Lava), then,
     under torchrun, every rank's: the emulation of the full test split and Lava's results in
     sample order."""
@@ -133,6 +133,7 @@ def _lava_speed(parts: List[SimulationResult], n_samples: int) -> Dict[str, floa
         "lava_samples_per_s": n_samples / seconds,
         "lava_timesteps_per_s": sum(p.timesteps for p in parts) / seconds,
         "lava_compile_seconds": max(p.compile_seconds for p in parts),
+        "lava_copies_per_graph": max(p.copies for p in parts),
     }
 
 

@@ -67,6 +67,7 @@ class SimulationResult:
     compile_seconds: float
     timesteps: int
     samples: int  # samples simulated (K per window with copies, padding included)
+    copies: int = 1  # network copies per graph (K)
 
     @property
     def samples_per_s(self) -> float:
@@ -106,11 +107,35 @@ def group_copies(frames: np.ndarray, copies: int) -> np.ndarray:
 # K for batched simulation: the smallest K that reached 10x stock single-copy Lava in
 # benchmarks/simulation_speed.py (its figures: README, "Simulation speed").
 DEFAULT_COPIES = 32
+# lava.proc.conv's PyConvModel holds a conv's ``groups`` in an int8 Var, and a conv or pool
+# layer of K copies has K times its groups; beyond 127 the Var wraps and the layer goes silent.
+LAVA_MAX_CONV_GROUPS = 127
+
+
+def copies_limit(qnet: QuantizedNet) -> int:
+    """The most copies of ``qnet`` one Lava graph holds (:data:`LAVA_MAX_CONV_GROUPS`)."""
+    groups = max((q.groups for q in qnet.layers if q.kind != "dense"), default=1)
+    return max(1, LAVA_MAX_CONV_GROUPS // groups)
+
+
+def resolve_copies(qnet: QuantizedNet, copies: Optional[int], n_samples: int) -> int:
+    """K for ``n_samples`` samples: ``copies``, or by default :data:`DEFAULT_COPIES`, no more
+    than there are samples and than the network's conv groups allow."""
+    limit = copies_limit(qnet)
+    if copies is None:
+        return max(1, min(DEFAULT_COPIES, limit, n_samples))
+    if copies < 1:
+        raise SimulationError(f"copies must be >= 1, got {copies}")
+    if copies > limit:
+        raise SimulationError(f"copies = {copies}: a layer of this network has {LAVA_MAX_CONV_GROUPS // limit}+ conv groups "
+                              f"and Lava's Conv model holds groups as int8 (<= {LAVA_MAX_CONV_GROUPS}), "
+                              f"so at most {limit} copies fit in one graph")
+    return copies
 
 
 def simulate_lava(
     qnet: QuantizedNet, frames: np.ndarray, progress: bool = True, chunks: Optional[int] = None,
-    hardware: Optional[SimulatorConfig] = None, copies: int = 1, event_driven: bool = True,
+    hardware: Optional[SimulatorConfig] = None, copies: Optional[int] = None, event_driven: bool = True,
 ) -> SimulationResult:
     """Run ``frames`` [N, T, P, H, W] (binary) through ``qnet`` on Lava's simulator, in the
     process graph lava-dl netx builds from the network's HDF5 export (written to a temporary
@@ -120,16 +145,16 @@ def simulate_lava(
     (:class:`sast_deploy.lava_models.PyEventDenseModel`) through the run config; False runs
     Lava's stock ``PyDenseModelBitAcc`` (K = 1 only). With ``copies`` = K, K copies of the
     network in one graph each take a different sample
-    (:class:`sast_deploy.lava_models.CopiesNetwork`). Outputs are bit-identical in all cases.
+    (:class:`sast_deploy.lava_models.CopiesNetwork`; None: :func:`resolve_copies`'s default,
+    1 with the stock model). Outputs are bit-identical in all cases.
     """
-    if copies < 1:
-        raise SimulationError(f"copies must be >= 1, got {copies}")
-    if copies > 1 and not event_driven:
-        raise SimulationError("K copies per graph use the event-driven models (event_driven=True)")
     frames = np.asarray(frames)
     n = len(frames)
     if n == 0:
         raise SimulationError("no samples to simulate")
+    copies = resolve_copies(qnet, 1 if copies is None and not event_driven else copies, n)
+    if copies > 1 and not event_driven:
+        raise SimulationError("K copies per graph use the event-driven models (event_driven=True)")
     grouped = group_copies(frames, copies) if copies > 1 else frames
     with tempfile.TemporaryDirectory(prefix="sast-deploy-lava-") as tmp:
         net_path = write_netx(qnet, Path(tmp) / "net.h5")
@@ -201,7 +226,7 @@ def _simulate_graph(
         out = np.asarray(graph.sink.data.get())
     n, r = graph.samples, graph.window
     counts = out.reshape(-1, n, r).sum(axis=2).T.astype(np.int64)  # [N, classes]
-    return SimulationResult(counts=counts, seconds=seconds, compile_seconds=compile_s, timesteps=n * r,
+    return SimulationResult(counts=counts, seconds=seconds, compile_seconds=compile_s, timesteps=n * r, copies=copies,
                             samples=n * copies)
 
 

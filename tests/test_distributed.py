@@ -76,5 +76,7 @@ def test_sharded_compare_equals_single_process(trained_run, tmp_path):
     assert done.returncode == 0, _child_errors(done.stderr)
     sharded = json.loads((run / "compare.json").read_text())
     assert sharded["ranks"] == 2 and single["ranks"] == 1
-    timing = {"ranks", "lava_samples_per_s", "lava_timesteps_per_s", "lava_compile_seconds"}
+    assert (sharded["lava_copies_per_graph"], single["lava_copies_per_graph"]) == (11, 21)  # 21 samples: 11 + 10, or 21
+    # how the work was split: each rank's graph holds copies for its own share of the samples
+    timing = {"ranks", "lava_samples_per_s", "lava_timesteps_per_s", "lava_compile_seconds", "lava_copies_per_graph"}
     assert {k: v for k, v in sharded.items() if k not in timing} == {k: v for k, v in single.items() if k not in timing}

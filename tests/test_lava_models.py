@@ -160,3 +160,27 @@ def test_emulator_float_type_keeps_large_sums_exact():
     np.testing.assert_array_equal(e.counts.numpy(), _reference_counts(qnet, frames))
     assert e.counts.sum() > 0
     assert e.input_spikes == [2 * 70_001.0]
+
+
+def test_copies_stop_at_lavas_int8_conv_groups():
+    """Lava's Conv model holds ``groups`` as int8: K copies of a sum-pool over C channels (C
+    groups) fit while K * C <= 127. Past that the layer used to go silent; now the default K
+    stops at the limit and an explicit larger K is refused."""
+    from sast_deploy.model import ModelConfig, build_model
+    from sast_deploy.simulate import DEFAULT_COPIES, copies_limit, resolve_copies
+
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(arch="conv", hidden=(), conv_channels=5, conv_kernel=3, conv_stride=1, pool=2), (2, 9, 8), 4)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(4.0)
+    qnet = quantize(model)
+    assert copies_limit(qnet) == 127 // 5 == 25 < DEFAULT_COPIES
+    assert resolve_copies(qnet, None, 30) == 25 and resolve_copies(qnet, None, 7) == 7
+    frames = _spikes(1, 30, 6, (2, 9, 8))
+    with pytest.raises(SimulationError, match="at most 25 copies"):
+        simulate_lava(qnet, frames, progress=False, copies=26)
+    res = simulate_lava(qnet, frames, progress=False)  # the default: 25 copies, 125 groups in the pool layer
+    assert res.copies == 25
+    emu = emulate_counts(qnet, torch.from_numpy(frames)).numpy()
+    assert emu.sum() > 0 and np.array_equal(res.counts, emu)
