@@ -24,7 +24,7 @@ from .fileio import atomic_write_text
 from .lock import run_lock
 from .model import SpikingNet, predict
 from .quantize import Loihi2Spec, QuantizedNet, load_spec, quantize
-from .simulate import DEFAULT_COPIES, SimulationResult, simulate_lava
+from .simulate import SimulationResult, simulate_lava
 from .distributed import distributed_context, is_rank_zero
 from .errors import RunError
 from .evaluate import accuracy_pct, output_counts
