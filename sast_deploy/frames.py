@@ -66,7 +66,7 @@ class FrameDataset(torch.utils.data.Dataset):
     def __getitem__(self, idx):
         if isinstance(idx, (int, np.integer)):
             return self._unpack([int(idx)])[0].float(), self.labels[int(idx)]
-        rows = np.asarray(idx, dtype=np.int64)
+        rows = np.arange(len(self))[idx] if isinstance(idx, slice) else np.asarray(idx, dtype=np.int64)
         return self._unpack(rows).float(), self.labels[torch.from_numpy(rows)]
 
     def _unpack(self, rows) -> torch.Tensor:

@@ -40,6 +40,8 @@ def test_frame_dataset_packs_bits_losslessly_and_refuses_counts():
     ds = FrameDataset(frames, np.arange(5))
     assert ds.packed.shape == (5, 27) and np.array_equal(ds.frames.numpy(), frames)
     assert np.array_equal(ds.subset([4, 1]).frames.numpy(), frames[[4, 1]])
+    x, y = ds[1:4]
+    assert np.array_equal(x.numpy(), frames[1:4]) and y.tolist() == [1, 2, 3] and ds[2][0].shape == (3, 2, 7, 5)
     with pytest.raises(ValueError, match="binary"):
         FrameDataset(frames * 2, np.arange(5))
 
