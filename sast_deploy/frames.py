@@ -26,6 +26,8 @@ from typing import Callable, Iterator, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
+from .errors import SastDeployError
+
 #: Version of the on-disk layout below; part of every cache key.
 FRAME_CACHE_FORMAT = 2
 
@@ -153,14 +155,27 @@ def write_split(folder: Path, split: str, rows: Iterator[np.ndarray], n: int, sa
         np.save(folder / f"{split}_sources.npy", np.asarray(source_ids, dtype=np.int64))
 
 
+class FrameCacheError(SastDeployError, ValueError):
+    """A frame cache folder cannot be read; the message names the file and says how to recover."""
+
+
 def read_split(folder: Path, split: str) -> FrameDataset:
-    """One split of a finished cache folder, its frames memory-mapped read-only."""
-    meta = json.loads((folder / "meta.json").read_text())
-    packed = np.load(folder / f"{split}_frames.npy", mmap_mode="r")
-    labels = np.load(folder / f"{split}_labels.npy")
-    sources_path = folder / f"{split}_sources.npy"
-    sources = np.load(sources_path) if sources_path.exists() else None
-    return FrameDataset.from_packed(packed, meta["sample_shape"], labels, sources)
+    """One split of a finished cache folder, its frames memory-mapped read-only; every file is
+    checked against meta.json (never unpickled), and a damaged one is named."""
+    try:
+        meta = json.loads((folder / "meta.json").read_text())
+        shape = tuple(int(v) for v in meta["sample_shape"])
+        packed = np.load(folder / f"{split}_frames.npy", mmap_mode="r", allow_pickle=False)
+        labels = np.load(folder / f"{split}_labels.npy", allow_pickle=False)
+        sources_path = folder / f"{split}_sources.npy"
+        sources = np.load(sources_path, allow_pickle=False) if sources_path.exists() else None
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise FrameCacheError(f"{folder}: damaged frame cache ({exc}); delete the folder to decode again") from None
+    expected = (len(labels), packed_row_bytes(shape))
+    if packed.dtype != np.uint8 or packed.shape != expected or (sources is not None and len(sources) != len(labels)):
+        raise FrameCacheError(f"{folder}/{split}_frames.npy: {packed.dtype} {packed.shape}, expected uint8 {expected} "
+                              f"for {len(labels)} labels of shape {shape}; delete the folder to decode again")
+    return FrameDataset.from_packed(packed, shape, labels, sources)
 
 
 def publish(tmp: Path, final: Path, meta: dict) -> None:

@@ -188,3 +188,19 @@ def test_written_tree_reads_back_through_tonic_to_the_same_frames(tmp_path, gene
         assert len(got) == len(want) and sorted(got.labels.tolist()) == sorted(want.labels.tolist())
         # files are listed by class and name; match each file's frames to a generated recording's
         assert sorted(map(bytes, np.asarray(got.packed))) == sorted(map(bytes, np.asarray(want.packed)))
+
+
+def test_a_damaged_frame_cache_is_named_not_unpickled(tmp_path, monkeypatch):
+    from sast_deploy.frames import FrameCacheError
+
+    _, root = _written_tree(tmp_path, max_sources=60, train_variants=1, test_variants=1)
+    cfg = DataConfig(name="nmnist", data_dir=str(root), n_time_bins=8)
+    monkeypatch.setenv("SAST_DEPLOY_CACHE", str(tmp_path / "cache"))  # this test's cache alone
+    load_dataset(cfg, progress=False)
+    (folder,) = (tmp_path / "cache").glob("frames-nmnist-*")
+    np.save(folder / "test_frames.npy", np.zeros((3, 5), dtype=np.uint8))  # rows that do not fit the labels
+    with pytest.raises(FrameCacheError, match="test_frames.npy: uint8 \\(3, 5\\), expected"):
+        load_dataset(cfg, progress=False)
+    np.save(folder / "test_labels.npy", np.array([object()]), allow_pickle=True)  # a pickle is refused, not run
+    with pytest.raises(FrameCacheError, match="damaged frame cache"):
+        load_dataset(cfg, progress=False)
