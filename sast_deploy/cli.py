@@ -254,7 +254,9 @@ def cmd_write_dataset(args) -> int:
     if counts and min(counts.values()) < 1:
         raise RecipeError("--train and --test: give both, each >= 1")
     folder = write_tonic_tree(recipe.data, args.out, counts, progress=not args.quiet)
-    print(f"wrote {folder}; train on it with --set data.name={LAYOUTS[args.dataset].real_name} --set data.data_dir={args.out}")
+    # train/nmnist.toml and train/dvsgesture.toml are named after the real datasets
+    print(f"wrote {folder}; train on it: sast-deploy train --config {LAYOUTS[args.dataset].real_name} "
+          f"--set data.data_dir={args.out} --out RUN_DIR")
     return 0
 
 
@@ -388,7 +390,7 @@ def add_precision(sub, o: Shared) -> None:
 
 
 def add_write_dataset(sub, o: Shared) -> None:
-    p = sub.add_parser("write-dataset", parents=[o.quiet, o.out("root folder; train on it with --set data.name=nmnist (or dvsgesture) "
+    p = sub.add_parser("write-dataset", parents=[o.quiet, o.out("root folder; train on it with --config nmnist (or dvsgesture) "
                                                                 "--set data.data_dir=OUT", required=True)],
                        help="write a generated dataset as a real one's files in tonic's layout (N-MNIST .bin, DVS Gesture .npy)")
     p.add_argument("dataset", choices=("synthetic-nmnist", "synthetic-gesture"))
