@@ -27,7 +27,8 @@ from .distributed import is_rank_zero
 from .errors import EXIT_BAD_INPUT, EXIT_SIGINT, EXIT_SIGTERM, SastDeployError, Terminated, one_line
 from .export import EXPORT_TARGETS
 from .quantize import QuantizationError
-from .simulate import DEFAULT_COPIES, LAVA_MAX_CONV_GROUPS
+from .functional.lif import LAVA_MAX_CONV_GROUPS
+from .simulate import DEFAULT_COPIES
 from .signals import terminate_raises
 
 RECIPES_DIR = Path(__file__).resolve().parent.parent / "train"

@@ -23,8 +23,6 @@ import functools
 import hashlib
 import json
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
@@ -32,8 +30,8 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from .errors import SastDeployError
-from .fileio import atomic_save_npz
-from .frames import FRAME_CACHE_FORMAT, FrameDataset, decoded_rows, default_workers, publish, read_split, write_split
+from .fileio import atomic_directory, atomic_save_npz
+from .frames import FRAME_CACHE_FORMAT, FrameDataset, decoded_rows, default_workers, read_split, write_meta, write_split
 from .synthetic import EventSplit, SyntheticNMNISTConfig, generate_synthetic_nmnist
 from .synthetic_gesture import SyntheticGestureConfig, generate_synthetic_gesture
 from .validation import file_data, validated
@@ -283,8 +281,7 @@ class Recordings:
 
     def describe(self, i: int) -> str:
         """The file of recording i, or its index in a generated split."""
-        j = int(self.index[i])
-        return self.source.describe(j) if isinstance(self.source, RecordingFiles) else f"generated sample {j}"
+        return self.source.describe(int(self.index[i]))
 
     def __iter__(self):
         return (self.events(i) for i in range(len(self)))
@@ -343,17 +340,18 @@ def load_dataset(cfg: DataConfig, progress: bool = True) -> Tuple[FrameDataset, 
 def _write_frames_cache(cfg: DataConfig, splits: Dict[str, Recordings], folder: Path, progress: bool) -> None:
     from tqdm import tqdm
 
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.", suffix=".tmp"))
     try:
-        for split, rec in splits.items():
-            rows = decoded_rows(_SampleFrames(rec, FrameDecoder(cfg)), len(rec), default_workers(cfg.workers))
-            bar = lambda it, split=split, n=len(rec): tqdm(it, total=n, desc=f"{split} frames", disable=not progress, unit="sample")
-            write_split(tmp, split, rows, len(rec), cfg.sample_shape(), rec.labels, rec.source_ids, bar)
-        publish(tmp, folder, {"dataset": cfg.name, "sample_shape": list(cfg.sample_shape()),
-                              "samples": {split: len(rec) for split, rec in splits.items()}, "data": dataclasses.asdict(cfg)})
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        with atomic_directory(folder) as tmp:
+            for split, rec in splits.items():
+                rows = decoded_rows(_SampleFrames(rec, FrameDecoder(cfg)), len(rec), default_workers(cfg.workers))
+                bar = lambda it, split=split, n=len(rec): tqdm(it, total=n, desc=f"{split} frames", disable=not progress, unit="sample")
+                write_split(tmp, split, rows, len(rec), cfg.sample_shape(), rec.labels, rec.source_ids, bar)
+            write_meta(tmp, {"dataset": cfg.name, "sample_shape": list(cfg.sample_shape()),
+                             "samples": {split: len(rec) for split, rec in splits.items()}, "data": dataclasses.asdict(cfg)})
+    except FileExistsError:
+        if not (folder / "meta.json").exists():
+            raise  # not another process's finished cache
+        # another process cached the same frames first: use those
 
 
 @dataclass(frozen=True)

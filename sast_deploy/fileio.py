@@ -3,11 +3,13 @@ interrupted command never leaves a half-written model, cache or report behind.""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -61,3 +63,24 @@ def atomic_save_npz(path: Path, **arrays) -> None:
             np.savez(f, **arrays)
 
     atomic_write_bytes(path, write)
+
+
+@contextlib.contextmanager
+def atomic_directory(path: Path) -> Iterator[Path]:
+    """A folder written at a temporary name beside ``path`` and renamed to ``path`` when the
+    block ends without error, so a reader never sees half of it. The partial folder is
+    removed on error; if ``path`` appeared meanwhile (another writer finished first), the
+    rename raises FileExistsError and ours is dropped."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+    try:
+        yield tmp
+        try:
+            os.rename(tmp, path)
+        except OSError:
+            if path.exists():
+                raise FileExistsError(f"{path}: already exists") from None
+            raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

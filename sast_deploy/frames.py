@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
-import shutil
 import signal
 from pathlib import Path
 from typing import Callable, Iterator, Optional, Sequence, Tuple
@@ -159,6 +158,11 @@ class FrameCacheError(SastDeployError, ValueError):
     """A frame cache folder cannot be read; the message names the file and says how to recover."""
 
 
+def write_meta(folder: Path, meta: dict) -> None:
+    """meta.json, the last file of a cache folder: its presence marks the folder complete."""
+    (folder / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+
+
 def read_split(folder: Path, split: str) -> FrameDataset:
     """One split of a finished cache folder, its frames memory-mapped read-only; every file is
     checked against meta.json (never unpickled), and a damaged one is named."""
@@ -176,15 +180,3 @@ def read_split(folder: Path, split: str) -> FrameDataset:
         raise FrameCacheError(f"{folder}/{split}_frames.npy: {packed.dtype} {packed.shape}, expected uint8 {expected} "
                               f"for {len(labels)} labels of shape {shape}; delete the folder to decode again")
     return FrameDataset.from_packed(packed, shape, labels, sources)
-
-
-def publish(tmp: Path, final: Path, meta: dict) -> None:
-    """Finish a cache folder written at ``tmp``: meta.json last, then one rename, so a reader
-    never sees half a cache (another process that finished first wins; ours is dropped)."""
-    (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
-    try:
-        os.rename(tmp, final)
-    except OSError:
-        if not (final / "meta.json").exists():
-            raise
-        shutil.rmtree(tmp, ignore_errors=True)

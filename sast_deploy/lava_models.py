@@ -39,6 +39,7 @@ from lava.magma.core.sync.protocols.loihi_protocol import LoihiProtocol
 from lava.proc.dense.models import AbstractPyDenseModelBitAcc
 from lava.proc.dense.process import Dense
 
+from .functional.lif import LAVA_MAX_CONV_GROUPS
 from .netx_weights import stored_weights
 
 # Above this fraction of spiking inputs a step takes the dense path (one BLAS product over
@@ -249,8 +250,9 @@ class CopiesNetwork(Network):
     def create_conv(self, layer_config, input_shape: Tuple[int, int, int], input_message_bits: int = 0,
                     reset_interval: Optional[int] = None, reset_offset: int = 0,
                     spike_exp: int = 6) -> Tuple[AbstractBlock, str]:
-        if int(layer_config["groups"]) * self.copies > 127:  # lava.proc.conv's PyConvModel holds groups as int8
-            raise ValueError(f"{self.copies} copies of a conv layer with {layer_config['groups']} groups exceed Lava's 127 groups")
+        if int(layer_config["groups"]) * self.copies > LAVA_MAX_CONV_GROUPS:
+            raise ValueError(f"{self.copies} copies of a conv layer with {layer_config['groups']} groups exceed "
+                             f"Lava's {LAVA_MAX_CONV_GROUPS} groups")
         if self._layers_built == 0:  # netx read the single-copy (x, y, channels) of the input layer
             input_shape = (*input_shape[:2], input_shape[2] * self.copies)
         self._layers_built += 1

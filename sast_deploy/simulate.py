@@ -22,6 +22,7 @@ import numpy as np
 
 from .errors import SastDeployError
 from .export import write_netx
+from .functional.lif import LAVA_MAX_CONV_GROUPS
 from .lava_runtime import lava_runtime
 from .quantize import QuantizedNet
 from .validation import file_data, validated
@@ -107,15 +108,15 @@ def group_copies(frames: np.ndarray, copies: int) -> np.ndarray:
 # K for batched simulation: the smallest K that reached 10x stock single-copy Lava in
 # benchmarks/simulation_speed.py (its figures: README, "Simulation speed").
 DEFAULT_COPIES = 32
-# lava.proc.conv's PyConvModel holds a conv's ``groups`` in an int8 Var, and a conv or pool
-# layer of K copies has K times its groups; beyond 127 the Var wraps and the layer goes silent.
-LAVA_MAX_CONV_GROUPS = 127
+
+
+def _max_conv_groups(qnet: QuantizedNet) -> int:
+    return max((q.groups for q in qnet.layers if q.kind != "dense"), default=1)
 
 
 def copies_limit(qnet: QuantizedNet) -> int:
     """The most copies of ``qnet`` one Lava graph holds (:data:`LAVA_MAX_CONV_GROUPS`)."""
-    groups = max((q.groups for q in qnet.layers if q.kind != "dense"), default=1)
-    return max(1, LAVA_MAX_CONV_GROUPS // groups)
+    return max(1, LAVA_MAX_CONV_GROUPS // _max_conv_groups(qnet))
 
 
 def resolve_copies(qnet: QuantizedNet, copies: Optional[int], n_samples: int) -> int:
@@ -127,7 +128,7 @@ def resolve_copies(qnet: QuantizedNet, copies: Optional[int], n_samples: int) ->
     if copies < 1:
         raise SimulationError(f"copies must be >= 1, got {copies}")
     if copies > limit:
-        raise SimulationError(f"copies = {copies}: a layer of this network has {LAVA_MAX_CONV_GROUPS // limit}+ conv groups "
+        raise SimulationError(f"copies = {copies}: a layer of this network has {_max_conv_groups(qnet)} conv groups "
                               f"and Lava's Conv model holds groups as int8 (<= {LAVA_MAX_CONV_GROUPS}), "
                               f"so at most {limit} copies fit in one graph")
     return copies

@@ -272,6 +272,9 @@ class EventSplit:
     def sample(self, i: int) -> np.ndarray:
         return self.events[self.offsets[i] : self.offsets[i + 1]]
 
+    def describe(self, i: int) -> str:
+        return f"generated sample {i}"
+
     def to_npz_dict(self, prefix: str) -> Dict[str, np.ndarray]:
         return {f"{prefix}_{k}": v for k, v in dataclasses.asdict(self).items()}
 

@@ -14,14 +14,13 @@ written file back through tonic.
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, Optional
 
 import numpy as np
 
+from .fileio import atomic_directory
 from .data import DATASETS, DataConfig, DataError, Recordings, split_recordings, stratified_subset
 
 #: N-MNIST events: 5 bytes each, x, y, polarity in bit 7 of byte 2, a 23-bit timestamp (us)
@@ -121,9 +120,7 @@ def write_tonic_tree(cfg: DataConfig, out: str | Path, counts: Optional[Dict[str
     final = Path(out) / layout.folder
     if final.exists():
         raise DataError(f"{final}: already exists (remove it, or choose another --out)")
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{layout.folder}.", suffix=".tmp"))
-    try:
+    with atomic_directory(final) as tmp:
         for split in ("train", "test"):
             rec = split_recordings(cfg, split, progress)
             idx = np.arange(len(rec)) if not counts else cyclic_subset(rec, counts[split], cfg.subset_seed)
@@ -132,7 +129,4 @@ def write_tonic_tree(cfg: DataConfig, out: str | Path, counts: Optional[Dict[str
             for i, (j, label) in enumerate(zip(tqdm(idx, desc=f"write {split}", disable=not progress, unit="file"), labels)):
                 layout.write(tmp / layout.split_folders[split], i, int(seen[label]), rec.events(int(j)), int(label), scale)
                 seen[label] += 1
-        tmp.rename(final)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return final

@@ -204,3 +204,19 @@ def test_a_damaged_frame_cache_is_named_not_unpickled(tmp_path, monkeypatch):
     np.save(folder / "test_labels.npy", np.array([object()]), allow_pickle=True)  # a pickle is refused, not run
     with pytest.raises(FrameCacheError, match="damaged frame cache"):
         load_dataset(cfg, progress=False)
+
+
+def test_atomic_directory_leaves_no_partial_folder(tmp_path):
+    from sast_deploy.fileio import atomic_directory
+
+    with pytest.raises(RuntimeError):
+        with atomic_directory(tmp_path / "out") as tmp:
+            (tmp / "half").write_text("x")
+            raise RuntimeError("interrupted")
+    assert list(tmp_path.iterdir()) == []  # neither the folder nor its temporary
+    with pytest.raises(FileExistsError):
+        with atomic_directory(tmp_path / "out") as tmp:
+            (tmp / "mine").write_text("x")
+            (tmp_path / "out").mkdir()  # another writer finished first
+            (tmp_path / "out" / "theirs").write_text("y")
+    assert [p.name for p in tmp_path.iterdir()] == ["out"] and [p.name for p in (tmp_path / "out").iterdir()] == ["theirs"]
