@@ -132,7 +132,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     from simulation_speed import run_network_and_frames  # noqa: E402  (benchmarks/ on sys.path when run as a script)
 
-    from sast_deploy.simulate import simulate_lava
+    from sast_deploy.deploy.simulate import simulate_lava
 
     qnet, frames = run_network_and_frames(args.run, args.samples)
     with tempfile.TemporaryDirectory() as tmp:

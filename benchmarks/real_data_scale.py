@@ -36,21 +36,21 @@ print(json.dumps({{"seconds": seconds, "peak_rss_mib": mib(resource.RUSAGE_SELF)
 """
 
 WRITE = """
-from sast_deploy.data import DataConfig
-from sast_deploy.tonic_layout import write_tonic_tree
+from sast_deploy.data.datasets import DataConfig
+from sast_deploy.data.tonic_layout import write_tonic_tree
 write_tonic_tree(DataConfig(name="synthetic-nmnist"), {root!r}, {{"train": {train}, "test": {test}}}, progress=False)
 extra = {{}}
 """
 
 PREPARE = """
-from sast_deploy.data import DataConfig, load_dataset
+from sast_deploy.data.datasets import DataConfig, load_dataset
 train, test = load_dataset(DataConfig(name="nmnist", data_dir={root!r}, n_time_bins=30), progress=False)
 extra = {{"n_train": len(train), "n_test": len(test), "packed_mib": (train.packed.nbytes + test.packed.nbytes) / 2**20}}
 """
 
 TRAIN = """
-from sast_deploy.config import load_recipe
-from sast_deploy.train import train
+from sast_deploy.training.recipe import load_recipe
+from sast_deploy.training.train import train
 recipe = load_recipe({recipe!r}, ["data.data_dir={root}", "training.epochs=1"])
 m = train(recipe, {out!r}, progress=False, resume=False)
 extra = {{k: m[k] for k in ("surrogate_accuracy", "hard_accuracy", "n_train", "n_test", "train_seconds")}}

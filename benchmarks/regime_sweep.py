@@ -26,9 +26,9 @@ import json
 import sys
 from pathlib import Path
 
-from sast_deploy.config import apply_overrides, recipe_from_dict, tomllib
-from sast_deploy.report import family_figure, family_points
-from sast_deploy.train import train
+from sast_deploy.training.recipe import apply_overrides, recipe_from_dict, tomllib
+from sast_deploy.analysis.report import family_figure, family_points
+from sast_deploy.training.train import train
 
 
 def main(argv=None) -> int:

@@ -13,9 +13,9 @@ import time
 
 import torch
 
-from sast_deploy.model import ModelConfig, build_model
-from sast_deploy.optim import SAST
-from sast_deploy.train import plain_step, reuse_step, sast_step
+from sast_deploy.training.model import ModelConfig, build_model
+from sast_deploy.training.optim import SAST
+from sast_deploy.training.train import plain_step, reuse_step, sast_step
 
 
 def main(argv=None) -> int:

@@ -23,16 +23,16 @@ from typing import Callable, List, Tuple
 import numpy as np
 import torch
 
-from sast_deploy.emulator import FixedPointNet, emulate_counts
-from sast_deploy.export import read_netx
-from sast_deploy.quantize import QuantizedNet, load_spec, quantize
-from sast_deploy.simulate import copies_limit, simulate_lava
+from sast_deploy.deploy.emulator import FixedPointNet, emulate_counts
+from sast_deploy.deploy.export import read_netx
+from sast_deploy.deploy.quantize import QuantizedNet, load_spec, quantize
+from sast_deploy.deploy.simulate import copies_limit, simulate_lava
 
 
 def run_network_and_frames(run: str, samples: int) -> Tuple[QuantizedNet, torch.Tensor]:
     """A trained run's network (its net.h5, else quantized now) and its first test samples."""
-    from sast_deploy.data import load_dataset
-    from sast_deploy.runs import load_run
+    from sast_deploy.data.datasets import load_dataset
+    from sast_deploy.training.runs import load_run
 
     model, recipe, _ = load_run(run)
     net = Path(run) / "net.h5"
@@ -43,7 +43,7 @@ def run_network_and_frames(run: str, samples: int) -> Tuple[QuantizedNet, torch.
 def random_network_and_frames(kind: str, samples: int, time_bins: int = 30) -> Tuple[QuantizedNet, torch.Tensor]:
     """A random MLP (2312-128-10) or conv net with weights strong enough to make every layer
     spike, on random input spikes (5 % per bin, about N-MNIST's rate)."""
-    from sast_deploy.model import ModelConfig, build_model
+    from sast_deploy.training.model import ModelConfig, build_model
 
     torch.manual_seed(0)
     shape = (2, 34, 34)

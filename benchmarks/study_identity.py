@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from sast_deploy.runs import read_model_file
+from sast_deploy.training.runs import read_model_file
 
 METRICS = ("surrogate_accuracy", "hard_accuracy", "transfer_gap_pp")
 ACTIVITY = ("emulator_accuracy", "synops_per_sample", "synops_per_sample_per_layer", "spikes_per_neuron_per_step")

@@ -25,10 +25,10 @@ import numpy as np
 
 from .distributed import is_rank_zero
 from .errors import EXIT_BAD_INPUT, EXIT_SIGINT, EXIT_SIGTERM, SastDeployError, Terminated, one_line
-from .export import EXPORT_TARGETS
-from .quantize import QuantizationError
+from .deploy.export import EXPORT_TARGETS
+from .deploy.quantize import QuantizationError
 from .functional.lif import LAVA_MAX_CONV_GROUPS
-from .simulate import DEFAULT_COPIES
+from .deploy.simulate import DEFAULT_COPIES
 from .signals import terminate_raises
 
 RECIPES_DIR = Path(__file__).resolve().parent.parent / "train"
@@ -45,8 +45,8 @@ def _find_recipe(name: str) -> Path:
 
 
 def cmd_train(args) -> int:
-    from .config import load_recipe
-    from .train import train
+    from .training.recipe import load_recipe
+    from .training.train import train
 
     overrides = list(args.set) + ([f"training.device={args.device}"] if args.device else [])
     recipe = load_recipe(_find_recipe(args.config), overrides)
@@ -57,9 +57,9 @@ def cmd_train(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    from .data import load_dataset
-    from .evaluate import evaluate
-    from .runs import load_run
+    from .data.datasets import load_dataset
+    from .training.evaluate import evaluate
+    from .training.runs import load_run
 
     model, recipe, _ = load_run(args.run_dir)
     _, test = load_dataset(recipe.data, progress=not args.quiet)
@@ -73,7 +73,7 @@ def cmd_evaluate(args) -> int:
 def _spec(args):
     import dataclasses
 
-    from .quantize import load_spec
+    from .deploy.quantize import load_spec
 
     spec = load_spec(getattr(args, "spec", None))
     bits = getattr(args, "weight_bits", None)
@@ -85,7 +85,7 @@ def _spec(args):
 
 
 def cmd_export(args) -> int:
-    from .export import export_run
+    from .deploy.export import export_run
 
     if args.target is None or args.run_dir is None:
         print("export targets:")
@@ -109,20 +109,20 @@ def cmd_export(args) -> int:
 
 
 def cmd_simulate(args) -> int:
-    from .compare import check_input
-    from .data import class_counts, load_dataset, stratified_subset
-    from .export import read_netx
+    from .deploy.compare import check_input
+    from .data.datasets import class_counts, load_dataset, stratified_subset
+    from .deploy.export import read_netx
     from .fileio import atomic_write_text
-    from .model import predict
-    from .simulate import simulate_lava
-    from .runs import load_run
+    from .training.model import predict
+    from .deploy.simulate import simulate_lava
+    from .training.runs import load_run
 
     qnet = read_netx(args.net)
     _, recipe, _ = load_run(args.run)
     _, test = load_dataset(recipe.data, progress=not args.quiet)
     check_input(qnet, test, Path(args.net))
     idx = stratified_subset(test.labels.numpy(), args.samples, recipe.data.subset_seed)  # all when --samples 0
-    from .simulate import SimulatorConfig
+    from .deploy.simulate import SimulatorConfig
 
     res = simulate_lava(qnet, test.frames_at(idx).numpy(), progress=not args.quiet, hardware=SimulatorConfig.load(args.hardware),
                         copies=args.copies)
@@ -144,8 +144,8 @@ def cmd_simulate(args) -> int:
 
 
 def cmd_compare(args) -> int:
-    from .compare import compare_markdown, compare_run
-    from .export import precision_suffix
+    from .deploy.compare import compare_markdown, compare_run
+    from .deploy.export import precision_suffix
 
     spec = _spec(args)
     result = compare_run(args.run_dir, samples=args.samples, progress=not args.quiet, spec=spec, copies=args.copies)
@@ -158,7 +158,7 @@ def cmd_compare(args) -> int:
 
 
 def cmd_precision(args) -> int:
-    from .precision import precision_markdown, precision_table
+    from .analysis.precision import precision_markdown, precision_table
     from .fileio import atomic_write_text
 
     bits = tuple(int(b) for b in args.bits.split(","))
@@ -171,7 +171,7 @@ def cmd_precision(args) -> int:
 
 
 def cmd_calibrate(args) -> int:
-    from .calibrate import calibrate_run
+    from .training.calibrate import calibrate_run
 
     m = calibrate_run(args.run_dir, args.out, fraction=args.fraction, progress=not args.quiet)
     print(json.dumps({k: m[k] for k in ("v_th_scale", "calibration_samples", "calibration_hard_accuracy",
@@ -180,7 +180,7 @@ def cmd_calibrate(args) -> int:
 
 
 def cmd_study(args) -> int:
-    from .study import load_study, run_study
+    from .analysis.study import load_study, run_study
 
     study = load_study(_find_recipe(args.study))
     runs = run_study(study, args.out, progress=not args.quiet, seeds=args.seeds)
@@ -189,7 +189,7 @@ def cmd_study(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from .report import write_report
+    from .analysis.report import write_report
 
     result = write_report(args.study_dir, args.out, diagnostics=not args.no_diagnostics, also=args.also)
     print(result["md"].read_text())
@@ -198,7 +198,7 @@ def cmd_report(args) -> int:
 
 
 def cmd_robustness(args) -> int:
-    from .robustness import robustness, robustness_markdown, write_robustness
+    from .analysis.robustness import robustness, robustness_markdown, write_robustness
 
     result = robustness(args.run_dirs, seed=args.seed, progress=not args.quiet)
     paths = write_robustness(result, args.out)
@@ -208,9 +208,9 @@ def cmd_robustness(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from .config import load_recipe
-    from .data import load_dataset
-    from .train import train
+    from .training.recipe import load_recipe
+    from .data.datasets import load_dataset
+    from .training.train import train
 
     out = Path(args.out)
     recipe_paths = [(_find_recipe(args.config), list(args.set))]
@@ -235,7 +235,7 @@ def cmd_demo(args) -> int:
         print(f"| {label} | {m['surrogate_accuracy']:.2f} | {m['hard_accuracy']:.2f} | {m['transfer_gap_pp']:+.2f} | {m['train_seconds']:.0f} |")
     if args.lava_samples == 0:
         return 0
-    from .compare import compare_markdown, compare_run
+    from .deploy.compare import compare_markdown, compare_run
 
     compared = []
     for label, run, _ in runs:
@@ -247,8 +247,8 @@ def cmd_demo(args) -> int:
 
 
 def cmd_write_dataset(args) -> int:
-    from .config import RecipeError, apply_overrides, recipe_from_dict
-    from .tonic_layout import LAYOUTS, write_tonic_tree
+    from .training.recipe import RecipeError, apply_overrides, recipe_from_dict
+    from .data.tonic_layout import LAYOUTS, write_tonic_tree
 
     recipe = recipe_from_dict(apply_overrides({"data": {"name": args.dataset}}, args.set), source="--set")
     counts = {"train": args.train, "test": args.test} if (args.train or args.test) else None

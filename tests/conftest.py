@@ -47,7 +47,7 @@ alpha = 1.0
 
 @pytest.fixture(scope="session")
 def small_data():
-    from sast_deploy.data import DataConfig, load_dataset
+    from sast_deploy.data.datasets import DataConfig, load_dataset
 
     cfg = DataConfig(n_time_bins=10, synthetic=SMALL_SYNTHETIC)
     return cfg, load_dataset(cfg, progress=False)
@@ -56,7 +56,7 @@ def small_data():
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory, small_data):
     """A run trained for 2 epochs on the small synthetic set (baseline, alpha 2)."""
-    from sast_deploy.train import train
+    from sast_deploy.training.train import train
     from test_train import _recipe
 
     _, data = small_data

@@ -11,14 +11,14 @@ import numpy as np
 import pytest
 import torch
 
-from sast_deploy import train as train_mod
+import sast_deploy.training.train as train_mod
 from sast_deploy.cli import main
-from sast_deploy.config import RecipeError, load_recipe
+from sast_deploy.training.recipe import RecipeError, load_recipe
 from sast_deploy.errors import RunError
-from sast_deploy.export import NetxFormatError, read_netx
+from sast_deploy.deploy.export import NetxFormatError, read_netx
 from sast_deploy.lock import run_lock
-from sast_deploy.runs import load_run
-from sast_deploy.train import train
+from sast_deploy.training.runs import load_run
+from sast_deploy.training.train import train
 
 from conftest import SMALL_RECIPE_TOML
 from test_train import _recipe

@@ -4,12 +4,12 @@ import numpy as np
 import pytest
 import torch
 
-from sast_deploy.calibrate import LIMIT_OCTAVES, calibrate_run, calibrate_thresholds, calibration_split, search_log_scale
-from sast_deploy.data import load_dataset
-from sast_deploy.model import ModelConfig, build_model
-from sast_deploy.quantize import quantize
-from sast_deploy.evaluate import evaluate
-from sast_deploy.runs import load_run
+from sast_deploy.training.calibrate import LIMIT_OCTAVES, calibrate_run, calibrate_thresholds, calibration_split, search_log_scale
+from sast_deploy.data.datasets import load_dataset
+from sast_deploy.training.model import ModelConfig, build_model
+from sast_deploy.deploy.quantize import quantize
+from sast_deploy.training.evaluate import evaluate
+from sast_deploy.training.runs import load_run
 
 
 def test_calibration_split_takes_whole_training_sources(small_data):

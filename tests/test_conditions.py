@@ -6,12 +6,12 @@ import numpy as np
 import torch
 
 from sast_deploy.cli import main
-from sast_deploy.export import read_netx, write_netx
-from sast_deploy.emulator import emulate, fan_out
-from sast_deploy.quantize import Loihi2Spec, QuantizedLayer, QuantizedNet, quantize
-from sast_deploy.robustness import FlipPolarity, corrupted_frames, split_events
-from sast_deploy.simulate import simulate_lava
-from sast_deploy.runs import load_run
+from sast_deploy.deploy.export import read_netx, write_netx
+from sast_deploy.deploy.emulator import emulate, fan_out
+from sast_deploy.deploy.quantize import Loihi2Spec, QuantizedLayer, QuantizedNet, quantize
+from sast_deploy.analysis.robustness import FlipPolarity, corrupted_frames, split_events
+from sast_deploy.deploy.simulate import simulate_lava
+from sast_deploy.training.runs import load_run
 
 
 def test_four_bit_weights_lava_equals_emulator(tmp_path, trained_run):
@@ -21,7 +21,7 @@ def test_four_bit_weights_lava_equals_emulator(tmp_path, trained_run):
         assert q.weight.min() >= -8 and q.weight.max() <= 7
         assert q.weight.max() == 7 or q.weight.min() == -7  # the largest |w| uses the 4-bit range
     path = write_netx(qnet, tmp_path / "w4.h5")
-    from sast_deploy.data import load_dataset
+    from sast_deploy.data.datasets import load_dataset
 
     frames = load_dataset(recipe.data, progress=False)[1].frames[:30]
     sim = simulate_lava(read_netx(path), frames.numpy(), progress=False)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from sast_deploy.data import (Binarize, DataConfig, DataError, FrameDataset, class_counts, load_dataset, real_event_dataset,
+from sast_deploy.data.datasets import (Binarize, DataConfig, DataError, FrameDataset, class_counts, load_dataset, real_event_dataset,
                               stratified_subset)
 
 
@@ -121,7 +121,7 @@ def test_bad_data_config_is_rejected():
 
 def _written_tree(tmp_path, name="synthetic-nmnist", **synthetic):
     """A generated dataset written in tonic's layout (sorted by class, as the real one)."""
-    from sast_deploy.tonic_layout import write_tonic_tree
+    from sast_deploy.data.tonic_layout import write_tonic_tree
 
     cfg = DataConfig(name=name, n_time_bins=8, synthetic=synthetic)
     write_tonic_tree(cfg, tmp_path / "tree", progress=False)
@@ -191,7 +191,7 @@ def test_written_tree_reads_back_through_tonic_to_the_same_frames(tmp_path, gene
 
 
 def test_a_damaged_frame_cache_is_named_not_unpickled(tmp_path, monkeypatch):
-    from sast_deploy.frames import FrameCacheError
+    from sast_deploy.data.frames import FrameCacheError
 
     _, root = _written_tree(tmp_path, max_sources=60, train_variants=1, test_variants=1)
     cfg = DataConfig(name="nmnist", data_dir=str(root), n_time_bins=8)

@@ -9,15 +9,15 @@ import pytest
 import torch
 
 from sast_deploy.cli import main
-from sast_deploy.export import NetxFormatError, read_netx, write_netx
-from sast_deploy.model import ModelConfig, build_model
-from sast_deploy.emulator import emulate_counts
-from sast_deploy.netx_weights import netx_dense_weights
-from sast_deploy.quantize import Loihi2Spec, QuantizationError, QuantizedLayer, QuantizedNet, quantize
-from sast_deploy.simulate import simulate_lava
-from sast_deploy.data import load_dataset
-from sast_deploy.evaluate import output_counts
-from sast_deploy.runs import load_run
+from sast_deploy.deploy.export import NetxFormatError, read_netx, write_netx
+from sast_deploy.training.model import ModelConfig, build_model
+from sast_deploy.deploy.emulator import emulate_counts
+from sast_deploy.deploy.netx_weights import netx_dense_weights
+from sast_deploy.deploy.quantize import Loihi2Spec, QuantizationError, QuantizedLayer, QuantizedNet, quantize
+from sast_deploy.deploy.simulate import simulate_lava
+from sast_deploy.data.datasets import load_dataset
+from sast_deploy.training.evaluate import output_counts
+from sast_deploy.training.runs import load_run
 
 
 
@@ -123,7 +123,7 @@ def test_emulator_runs_the_same_equations_as_the_float_model():
         qnet = quantize(model)
         assert [q.scale for q in qnet.layers] == [64.0, 64.0]
         frames = torch.from_numpy(_spikes(7, 32, 12, (2, 5, 5)))
-        from sast_deploy.data import FrameDataset
+        from sast_deploy.data.datasets import FrameDataset
 
         # float32 is exact here: sums of a few dozen multiples of 1/64
         float_counts = output_counts(model, FrameDataset(frames.numpy(), np.zeros(32)), "hard").long()
@@ -185,7 +185,7 @@ def test_netx_round_trip_returns_the_written_network(tmp_path, kind):
 def test_compare_exports_the_network_it_ran_for_any_spec_change(trained_run, tmp_path):
     import shutil
 
-    from sast_deploy.compare import compare_run
+    from sast_deploy.deploy.compare import compare_run
 
     run = shutil.copytree(trained_run, tmp_path / "run")
     spec = Loihi2Spec(name="loihi2-vth16", vth_bits=16)  # same weight bits, another field
@@ -262,8 +262,8 @@ def test_cli_export_simulate_and_bad_inputs(trained_run, tmp_path, capsys, small
 def test_hardware_configs_load_and_bad_keys_are_named(tmp_path):
     from pathlib import Path
 
-    from sast_deploy.config import RecipeError
-    from sast_deploy.simulate import SimulatorConfig
+    from sast_deploy.training.recipe import RecipeError
+    from sast_deploy.deploy.simulate import SimulatorConfig
 
     for path in (Path(__file__).resolve().parents[1] / "hardware").glob("*.toml"):
         assert SimulatorConfig.load(path).select_tag == "fixed_pt"

@@ -7,7 +7,7 @@ import sys
 
 import torch
 
-from sast_deploy.runs import load_run
+from sast_deploy.training.runs import load_run
 
 from conftest import SMALL_RECIPE_TOML
 
@@ -54,7 +54,7 @@ def test_two_gloo_ranks_match_one_process(tmp_path, small_data):
         torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5)
     # and the run did move the weights (not two copies of the initialisation)
     torch.manual_seed(3)
-    from sast_deploy.model import ModelConfig, build_model
+    from sast_deploy.training.model import ModelConfig, build_model
 
     init = build_model(ModelConfig(hidden=(16,), alpha=1.0), (2, 34, 34), 10)
     assert not torch.allclose(next(init.parameters()), next(ddp.parameters()))

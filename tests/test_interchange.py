@@ -7,13 +7,13 @@ import pytest
 import torch
 
 from sast_deploy.cli import main
-from sast_deploy.data import FrameDataset, load_dataset
-from sast_deploy.interchange import InterchangeError, run_nir_with_norse, run_onnx_reference, write_nir, write_onnx
-from sast_deploy.model import ModelConfig, build_model
-from sast_deploy.emulator import emulate_counts
-from sast_deploy.quantize import quantize
-from sast_deploy.evaluate import output_counts
-from sast_deploy.runs import load_run
+from sast_deploy.data.datasets import FrameDataset, load_dataset
+from sast_deploy.deploy.interchange import InterchangeError, run_nir_with_norse, run_onnx_reference, write_nir, write_onnx
+from sast_deploy.training.model import ModelConfig, build_model
+from sast_deploy.deploy.emulator import emulate_counts
+from sast_deploy.deploy.quantize import quantize
+from sast_deploy.training.evaluate import output_counts
+from sast_deploy.training.runs import load_run
 
 
 def _test_frames(run, n=24):

@@ -6,12 +6,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from sast_deploy.export import read_netx, write_netx
+from sast_deploy.deploy.export import read_netx, write_netx
 from sast_deploy.functional.lif import LOIHI_STATE_BITS, lif_step_fixed_point
-from sast_deploy.emulator import FixedPointNet, emulate, emulate_counts
-from sast_deploy.netx_weights import netx_dense_weights
-from sast_deploy.quantize import QuantizedNet, quantize
-from sast_deploy.simulate import SimulationError, simulate_lava
+from sast_deploy.deploy.emulator import FixedPointNet, emulate, emulate_counts
+from sast_deploy.deploy.netx_weights import netx_dense_weights
+from sast_deploy.deploy.quantize import QuantizedNet, quantize
+from sast_deploy.deploy.simulate import SimulationError, simulate_lava
 from test_deploy import _conv_model, _dense, _random_mlp, _spikes
 
 
@@ -42,7 +42,7 @@ def _reference_counts(qnet: QuantizedNet, frames: np.ndarray) -> np.ndarray:
 @pytest.mark.parametrize("copies", [1, 3])
 @pytest.mark.parametrize("density", [0.0, 0.005, 0.3, 1.0])
 def test_copies_product_is_the_integer_product(copies, density):
-    from sast_deploy.lava_models import DENSE_PATH_MIN_DENSITY, CopiesProduct
+    from sast_deploy.deploy.lava.models import DENSE_PATH_MIN_DENSITY, CopiesProduct
 
     rng = np.random.default_rng(int(density * 1000) + copies)
     w = rng.integers(-256, 256, size=(7, 600))
@@ -60,7 +60,7 @@ def test_copies_product_is_the_integer_product(copies, density):
 
 
 def test_copies_product_keeps_sums_beyond_float32_exact():
-    from sast_deploy.lava_models import CopiesProduct
+    from sast_deploy.deploy.lava.models import CopiesProduct
 
     n_in = 70_001  # 70001 * 255 > 2^24: float32 would round these sums
     w = np.full((2, n_in), 255)
@@ -87,7 +87,7 @@ def test_event_driven_dense_equals_stock_model_and_emulator(tmp_path, density):
 
 
 def test_k_copies_on_a_trained_run_equal_stock_lava_and_emulator(trained_run, small_data, tmp_path):
-    from sast_deploy.export import export_run
+    from sast_deploy.deploy.export import export_run
 
     net = export_run(trained_run, tmp_path / "net.h5")["net"]
     frames = small_data[1][1].frames[:9].numpy()
@@ -101,7 +101,7 @@ def test_k_copies_on_a_trained_run_equal_stock_lava_and_emulator(trained_run, sm
 
 
 def test_copies_network_holds_one_weight_block_per_layer(tmp_path):
-    from sast_deploy.lava_models import CopiesDense, CopiesNetwork, run_config
+    from sast_deploy.deploy.lava.models import CopiesDense, CopiesNetwork, run_config
 
     qnet = _random_mlp(4, (24, 12, 5), (300, 400), (410, 0))
     net = CopiesNetwork(str(write_netx(qnet, tmp_path / "net.h5")), copies=8, reset_interval=12)
@@ -166,8 +166,8 @@ def test_copies_stop_at_lavas_int8_conv_groups():
     """Lava's Conv model holds ``groups`` as int8: K copies of a sum-pool over C channels (C
     groups) fit while K * C <= 127. Past that the layer used to go silent; now the default K
     stops at the limit and an explicit larger K is refused."""
-    from sast_deploy.model import ModelConfig, build_model
-    from sast_deploy.simulate import DEFAULT_COPIES, copies_limit, resolve_copies
+    from sast_deploy.training.model import ModelConfig, build_model
+    from sast_deploy.deploy.simulate import DEFAULT_COPIES, copies_limit, resolve_copies
 
     torch.manual_seed(0)
     model = build_model(ModelConfig(arch="conv", hidden=(), conv_channels=5, conv_kernel=3, conv_stride=1, pool=2), (2, 9, 8), 4)

@@ -17,7 +17,7 @@ from sast_deploy.functional.lif import (
     lif_step,
     straight_through,
 )
-from sast_deploy.model import LIF, ModelConfig, build_model, predict
+from sast_deploy.training.model import LIF, ModelConfig, build_model, predict
 from norse.torch.functional.lif_box import LIFBoxFeedForwardState
 
 

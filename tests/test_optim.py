@@ -5,10 +5,10 @@ import copy
 import pytest
 import torch
 
-from sast_deploy.model import ModelConfig, build_model
-from sast_deploy.optim import SAST
-from sast_deploy.evaluate import loss_on, minibatches
-from sast_deploy.train import epoch_order, sast_step
+from sast_deploy.training.model import ModelConfig, build_model
+from sast_deploy.training.optim import SAST
+from sast_deploy.training.evaluate import loss_on, minibatches
+from sast_deploy.training.train import epoch_order, sast_step
 
 
 def _net():
@@ -111,7 +111,7 @@ def test_single_step_call_is_refused_and_state_round_trips():
 
 
 def test_reuse_step_perturbs_along_the_last_eps_and_costs_one_pass():
-    from sast_deploy.train import reuse_step
+    from sast_deploy.training.train import reuse_step
 
     b1, b2, b3 = _batch(1), _batch(2), _batch(3)
     net = _net()

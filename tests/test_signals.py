@@ -93,8 +93,8 @@ def lava_segments(monkeypatch):
 @pytest.fixture(scope="module")
 def long_lava_run(tmp_path_factory):
     """A trained run with 320 test samples: Lava takes several seconds over them."""
-    from sast_deploy.data import DataConfig, load_dataset
-    from sast_deploy.train import train
+    from sast_deploy.data.datasets import DataConfig, load_dataset
+    from sast_deploy.training.train import train
     from test_train import _recipe
 
     data = load_dataset(DataConfig(n_time_bins=10, synthetic={**SMALL_SYNTHETIC, "test_variants": 8}), progress=False)
@@ -158,8 +158,8 @@ def test_interrupt_before_the_first_run_reaps_the_workers(tmp_path, monkeypatch,
     import numpy as np
     from lava.magma.core.process.process import AbstractProcess
 
-    from sast_deploy.export import read_netx, write_netx
-    from sast_deploy.simulate import simulate_lava
+    from sast_deploy.deploy.export import read_netx, write_netx
+    from sast_deploy.deploy.simulate import simulate_lava
     from test_deploy import _random_mlp, _spikes
 
     path = write_netx(_random_mlp(0, (24, 12, 5), (300, 400), (410, 0)), tmp_path / "net.h5")
@@ -184,9 +184,9 @@ def test_a_stop_that_hangs_is_timed_out_and_the_workers_killed(tmp_path, monkeyp
     import numpy as np
     from lava.magma.core.process.process import AbstractProcess
 
-    from sast_deploy import lava_runtime
-    from sast_deploy.export import read_netx, write_netx
-    from sast_deploy.simulate import simulate_lava
+    from sast_deploy.deploy import lava_runtime
+    from sast_deploy.deploy.export import read_netx, write_netx
+    from sast_deploy.deploy.simulate import simulate_lava
     from test_deploy import _random_mlp, _spikes
 
     path = write_netx(_random_mlp(0, (24, 12, 5), (300, 400), (410, 0)), tmp_path / "net.h5")

@@ -5,9 +5,9 @@ import json
 import pytest
 
 from sast_deploy.cli import main
-from sast_deploy.config import RecipeError
-from sast_deploy.report import family_points
-from sast_deploy.study import load_study, run_study
+from sast_deploy.training.recipe import RecipeError
+from sast_deploy.analysis.report import family_points
+from sast_deploy.analysis.study import load_study, run_study
 
 from conftest import SMALL_RECIPE_TOML
 

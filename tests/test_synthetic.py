@@ -5,7 +5,7 @@ import pytest
 import tonic
 from sklearn.datasets import load_digits
 
-from sast_deploy.synthetic import (
+from sast_deploy.data.synthetic import (
     EVENT_DTYPE,
     SyntheticNMNISTConfig,
     event_statistics,

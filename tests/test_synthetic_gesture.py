@@ -5,8 +5,8 @@ import dataclasses
 import numpy as np
 import pytest
 
-from sast_deploy.synthetic import DVSPixel, SyntheticNMNISTConfig, dvs_pixel_events
-from sast_deploy.synthetic_gesture import (
+from sast_deploy.data.synthetic import DVSPixel, SyntheticNMNISTConfig, dvs_pixel_events
+from sast_deploy.data.synthetic_gesture import (
     GESTURE_CLASSES,
     GESTURES,
     SyntheticGestureConfig,
@@ -110,7 +110,7 @@ def test_generation_is_deterministic_and_split_by_subject():
 
 
 def test_bad_gesture_config_is_rejected():
-    from sast_deploy.data import DataConfig, DataError
+    from sast_deploy.data.datasets import DataConfig, DataError
 
     with pytest.raises(DataError, match="test_subjects"):
         DataConfig(name="synthetic-gesture", synthetic={"test_subjects": 40})
@@ -121,7 +121,7 @@ def test_bad_gesture_config_is_rejected():
 
 
 def test_gesture_frames_through_the_tonic_chain():
-    from sast_deploy.data import DATASETS, DataConfig, load_dataset
+    from sast_deploy.data.datasets import DATASETS, DataConfig, load_dataset
 
     cfg = DataConfig(name="synthetic-gesture", n_time_bins=6, denoise_us=10000,
                      synthetic={"max_subjects": 3, "recordings_per_class": 1, "duration_ms": 300.0})

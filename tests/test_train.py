@@ -6,14 +6,14 @@ import numpy as np
 import pytest
 import torch
 
-from sast_deploy import train as train_mod
+import sast_deploy.training.train as train_mod
 from sast_deploy.cli import main
-from sast_deploy.runs import read_checkpoint
-from sast_deploy.config import RecipeError, apply_overrides, load_recipe, recipe_from_dict
+from sast_deploy.training.runs import read_checkpoint
+from sast_deploy.training.recipe import RecipeError, apply_overrides, load_recipe, recipe_from_dict
 from sast_deploy.errors import RunError
-from sast_deploy.evaluate import evaluate
-from sast_deploy.runs import load_run
-from sast_deploy.train import train
+from sast_deploy.training.evaluate import evaluate
+from sast_deploy.training.runs import load_run
+from sast_deploy.training.train import train
 
 from conftest import SMALL_SYNTHETIC
 
@@ -92,7 +92,7 @@ def test_checkpoint_of_another_recipe_is_refused(tmp_path, small_data):
 def test_recipes_in_train_folder_are_valid():
     from pathlib import Path
 
-    from sast_deploy.study import load_study
+    from sast_deploy.analysis.study import load_study
 
     recipes = sorted((Path(__file__).resolve().parents[1] / "train").glob("*.toml"))
     assert recipes
@@ -209,8 +209,8 @@ def test_runs_and_checkpoints_written_before_the_surrogate_field_load_as_arctan(
 def test_real_data_recipes_train_on_a_tree_in_tonics_layout(tmp_path, recipe, generated, synthetic):
     from pathlib import Path
 
-    from sast_deploy.data import DataConfig
-    from sast_deploy.tonic_layout import write_tonic_tree
+    from sast_deploy.data.datasets import DataConfig
+    from sast_deploy.data.tonic_layout import write_tonic_tree
 
     write_tonic_tree(DataConfig(name=generated, synthetic=synthetic), tmp_path / "data", progress=False)
     path = Path(__file__).resolve().parents[1] / "train" / recipe

@@ -1,8 +1,8 @@
 """Stage 4, training: the SAST loop and its baselines, resumable at every epoch boundary.
 
-A run is written to a run directory (:mod:`sast_deploy.runs`): ``checkpoint.pt`` after every
+A run is written to a run directory (:mod:`sast_deploy.training.runs`): ``checkpoint.pt`` after every
 epoch, ``model.pt`` and ``metrics.json`` at the end. Evaluation lives in
-:mod:`sast_deploy.evaluate`, devices and ranks in :mod:`sast_deploy.distributed`.
+:mod:`sast_deploy.training.evaluate`, devices and ranks in :mod:`sast_deploy.distributed`.
 
 B and B' are drawn from two independent shuffles of the training set, each seeded from
 (seed, epoch, stream), so an interrupted run resumed at an epoch boundary continues
@@ -21,12 +21,12 @@ from typing import Callable, Dict, List, Optional, Tuple
 import numpy as np
 import torch
 
-from .config import Recipe, RecipeError, canonical, recipe_from_dict
-from .data import FrameDataset, class_counts, load_dataset
-from .distributed import distributed_context, is_rank_zero, rank_slice, resolve_device
-from .errors import RunError, one_line
+from .recipe import Recipe, RecipeError, canonical, recipe_from_dict
+from ..data.datasets import FrameDataset, class_counts, load_dataset
+from ..distributed import distributed_context, is_rank_zero, rank_slice, resolve_device
+from ..errors import RunError, one_line
 from .evaluate import Batch, evaluate, loss_on, minibatches
-from .lock import run_lock
+from ..lock import run_lock
 from .model import SpikingNet, build_model, non_finite_parameters
 from .optim import SAST
 from .runs import read_checkpoint, save_checkpoint, save_run

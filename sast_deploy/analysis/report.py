@@ -11,10 +11,10 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .errors import RunError
-from .fileio import atomic_write_bytes, atomic_write_text, read_json
+from ..errors import RunError
+from ..fileio import atomic_write_bytes, atomic_write_text, read_json
 from .study import Method
-from .validation import file_data, output_data, validated
+from ..validation import file_data, output_data, validated
 
 SHARPNESS_RHO = 0.05  # perturbation norm of the sharpness estimate (weight units), the same for all runs
 DIAGNOSTICS_VERSION = 2  # 2: margins in surrogate mode too, band fractions; older caches are recomputed
@@ -32,7 +32,7 @@ def _ms(values) -> tuple:
 @file_data
 @dataclass(frozen=True)
 class StudyIndex:
-    """study.json, as :func:`sast_deploy.study.run_study` writes it."""
+    """study.json, as :func:`sast_deploy.analysis.study.run_study` writes it."""
 
     name: str
     base: str
@@ -75,9 +75,9 @@ def _cache_key(cache: Path) -> Optional[tuple]:
 
 def collect(study_dir: str | Path, diagnostics: bool = True) -> Dict[str, object]:
     """Per method: the runs' metrics, comparisons and diagnostics (cached in each run)."""
-    from .data import load_dataset
+    from ..data.datasets import load_dataset
     from .diagnostics import diagnose
-    from .runs import load_run
+    from ..training.runs import load_run
 
     study_dir = Path(study_dir)
     index = read_json(study_dir / "study.json", "study index")

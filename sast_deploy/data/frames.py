@@ -25,7 +25,7 @@ from typing import Callable, Iterator, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from .errors import SastDeployError
+from ..errors import SastDeployError
 
 #: Version of the on-disk layout below; part of every cache key.
 FRAME_CACHE_FORMAT = 2

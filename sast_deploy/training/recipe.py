@@ -3,8 +3,8 @@
 A recipe has four sections::
 
     name = "nmnist-mlp-sast"
-    [data]        # sast_deploy.data.DataConfig   (dataset, n_time_bins, transforms)
-    [model]       # sast_deploy.model.ModelConfig (arch, widths, beta, v_th, alpha)
+    [data]        # sast_deploy.data.datasets.DataConfig   (dataset, n_time_bins, transforms)
+    [model]       # sast_deploy.training.model.ModelConfig (arch, widths, beta, v_th, alpha)
     [optimizer]   # OptimConfig (sast | sam | baseline | ste, lr, rho)
     [training]    # TrainConfig (epochs, batch_size, seed, ...)
 
@@ -26,10 +26,10 @@ try:
 except ModuleNotFoundError:  # Python 3.10, the version Lava requires
     import tomli as tomllib
 
-from .data import DataConfig
-from .errors import SastDeployError
+from ..data.datasets import DataConfig
+from ..errors import SastDeployError
 from .model import ModelConfig
-from .validation import file_data, validated
+from ..validation import file_data, validated
 
 OPTIMIZERS = ("sast", "sam", "baseline", "ste")
 FLOAT32_MAX = 3.4028234663852886e38  # torch trains in float32: larger settings overflow in the optimizer

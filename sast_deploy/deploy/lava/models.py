@@ -39,8 +39,8 @@ from lava.magma.core.sync.protocols.loihi_protocol import LoihiProtocol
 from lava.proc.dense.models import AbstractPyDenseModelBitAcc
 from lava.proc.dense.process import Dense
 
-from .functional.lif import LAVA_MAX_CONV_GROUPS
-from .netx_weights import stored_weights
+from ...functional.lif import LAVA_MAX_CONV_GROUPS
+from ..netx_weights import stored_weights
 
 # Above this fraction of spiking inputs a step takes the dense path (one BLAS product over
 # all K * n_in inputs) rather than the event path (one weight-row copy per input spike):

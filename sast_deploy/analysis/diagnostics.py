@@ -18,9 +18,9 @@ from typing import Dict, List
 import numpy as np
 import torch
 
-from .data import FrameDataset
-from .model import SpikingNet
-from .evaluate import loss_on, time_first
+from ..data.datasets import FrameDataset
+from ..training.model import SpikingNet
+from ..training.evaluate import loss_on, time_first
 
 
 def spectral_norms(model: SpikingNet) -> List[float]:

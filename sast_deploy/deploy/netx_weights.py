@@ -17,7 +17,7 @@ from typing import Optional, Tuple
 import numpy as np
 from lava.utils.weightutils import SignMode, clip_weights, determine_sign_mode, truncate_weights
 
-from .functional.lif import LOIHI_WEIGHT_BITS
+from ..functional.lif import LOIHI_WEIGHT_BITS
 
 
 def stored_weights(weights: np.ndarray, num_weight_bits: int = LOIHI_WEIGHT_BITS,

@@ -15,7 +15,7 @@ or Conv (``PyConvModelFixed``) process, as lava-dl netx builds them:
 
 The scale of a layer is the largest that keeps every weight inside the mantissa range and
 the threshold inside 17 bits. The sum-pool layer is a depthwise convolution with one weight
-(netx 0.6.0 has no pool layer). :mod:`sast_deploy.emulator` runs exactly this arithmetic;
+(netx 0.6.0 has no pool layer). :mod:`sast_deploy.deploy.emulator` runs exactly this arithmetic;
 Lava's simulator cross-checks it.
 """
 
@@ -27,13 +27,13 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
-from .errors import SastDeployError
-from .functional.lif import (LOIHI_ACT_SHIFT, LOIHI_DECAY_UNITY, LOIHI_STATE_BITS, LOIHI_VTH_BITS, LOIHI_WEIGHT_BITS,
+from ..errors import SastDeployError
+from ..functional.lif import (LOIHI_ACT_SHIFT, LOIHI_DECAY_UNITY, LOIHI_STATE_BITS, LOIHI_VTH_BITS, LOIHI_WEIGHT_BITS,
                              decay_to_fixed_point)
-from .model import SpikingNet, non_finite_parameters
-from .validation import file_data, validated
+from ..training.model import SpikingNet, non_finite_parameters
+from ..validation import file_data, validated
 
-DEFAULT_SPEC = Path(__file__).resolve().parent.parent / "export" / "loihi2.toml"
+DEFAULT_SPEC = Path(__file__).resolve().parents[2] / "export" / "loihi2.toml"
 
 class QuantizationError(SastDeployError, ValueError):
     """The network cannot be represented on the target; the message names the layer and field."""
@@ -58,7 +58,7 @@ class Loihi2Spec:
 
     @classmethod
     def from_toml(cls, path: str | Path) -> "Loihi2Spec":
-        from .config import read_toml
+        from ..training.recipe import read_toml
 
         return validated(cls, read_toml(path, "target spec"), str(path), QuantizationError)
 

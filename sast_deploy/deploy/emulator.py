@@ -1,6 +1,6 @@
-"""The bit-exact emulator: the quantized network (:mod:`sast_deploy.quantize`) run in PyTorch
+"""The bit-exact emulator: the quantized network (:mod:`sast_deploy.deploy.quantize`) run in PyTorch
 with the integer arithmetic of Lava's fixed-point models, batched over samples, plus the
-activity SynOps counts. Lava's simulator (:mod:`sast_deploy.simulate`) cross-checks it.
+activity SynOps counts. Lava's simulator (:mod:`sast_deploy.deploy.simulate`) cross-checks it.
 
 Why it is exact: every synaptic input is an integer sum of integer weights. It is computed
 in floating point only where every partial sum is an integer that the float type represents
@@ -8,7 +8,7 @@ exactly (:func:`exact_float_dtype`), so no sum is ever rounded, in any order of 
 it is then converted to int64, shifted by netx's weight exponent (a floor, as Lava's
 ``np.right_shift``) or wrapped to 24 bits (conv), and the LIF update is int64
 (:func:`sast_deploy.functional.lif.lif_step_fixed_point`, Lava's ``PyLifModelBitAcc``).
-Dense layers hold exactly the weights Lava's Dense model holds (:mod:`sast_deploy.netx_weights`).
+Dense layers hold exactly the weights Lava's Dense model holds (:mod:`sast_deploy.deploy.netx_weights`).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .functional.lif import LOIHI_STATE_BITS, lif_step_fixed_point
+from ..functional.lif import LOIHI_STATE_BITS, lif_step_fixed_point
 from .netx_weights import netx_dense_weights
 from .quantize import QuantizationError, QuantizedLayer, QuantizedNet
 

@@ -17,18 +17,18 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 import torch
 
-from .data import FrameDataset, class_counts, load_dataset, stratified_subset
+from ..data.datasets import FrameDataset, class_counts, load_dataset, stratified_subset
 from .emulator import Emulation, emulate
 from .export import precision_suffix, write_run_netx
-from .fileio import atomic_write_text
-from .lock import run_lock
-from .model import SpikingNet, predict
+from ..fileio import atomic_write_text
+from ..lock import run_lock
+from ..training.model import SpikingNet, predict
 from .quantize import Loihi2Spec, QuantizedNet, load_spec, quantize
 from .simulate import SimulationResult, simulate_lava
-from .distributed import distributed_context, is_rank_zero
-from .errors import RunError
-from .evaluate import accuracy_pct, output_counts
-from .runs import load_run
+from ..distributed import distributed_context, is_rank_zero
+from ..errors import RunError
+from ..training.evaluate import accuracy_pct, output_counts
+from ..training.runs import load_run
 
 
 def check_input(qnet: QuantizedNet, data: FrameDataset, net_path: Path) -> None:

@@ -18,7 +18,7 @@ import sys
 import threading
 from typing import Iterator, List
 
-from .signals import deferred_signals, terminate_raises, workers_leave_signals_to_parent
+from ..signals import deferred_signals, terminate_raises, workers_leave_signals_to_parent
 
 STOP_TIMEOUT_S = 10.0  # a clean stop takes about a second on 2 cores
 

@@ -20,13 +20,13 @@ from typing import Dict, List, Sequence, Tuple
 import numpy as np
 import torch
 
-from .data import DataConfig, events_to_frames, split_recordings
-from .fileio import atomic_write_bytes, atomic_write_text
-from .emulator import emulate
-from .quantize import quantize
-from .errors import RunError
-from .evaluate import accuracy_pct
-from .runs import load_run
+from ..data.datasets import DataConfig, events_to_frames, split_recordings
+from ..fileio import atomic_write_bytes, atomic_write_text
+from ..deploy.emulator import emulate
+from ..deploy.quantize import quantize
+from ..errors import RunError
+from ..training.evaluate import accuracy_pct
+from ..training.runs import load_run
 
 # name: (what the severity measures, severities)
 CORRUPTIONS: Dict[str, tuple] = {
@@ -70,7 +70,7 @@ def corruption(name: str, severity: float, sensor_size, duration_s: float, seed:
 
 def split_events(cfg: DataConfig) -> Tuple[List[np.ndarray], torch.Tensor]:
     """The test split's event recordings and labels, the same samples in the same order as the
-    recipe's frames (:func:`sast_deploy.data.split_recordings`)."""
+    recipe's frames (:func:`sast_deploy.data.datasets.split_recordings`)."""
     rec = split_recordings(cfg, "test")
     return list(rec), torch.from_numpy(rec.labels)
 

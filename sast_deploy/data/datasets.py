@@ -1,9 +1,9 @@
 """Stage 1, data: event datasets turned into binary spike frames [N, T, P, H, W].
 
 Datasets (one :class:`DatasetSpec` each in :data:`DATASETS`):
-  ``synthetic-nmnist``  embedded default, generated offline (see :mod:`sast_deploy.synthetic`)
+  ``synthetic-nmnist``  embedded default, generated offline (see :mod:`sast_deploy.data.synthetic`)
   ``synthetic-gesture`` embedded DVS-Gesture-like default, 11 classes on 32x32
-                        (see :mod:`sast_deploy.synthetic_gesture`)
+                        (see :mod:`sast_deploy.data.synthetic_gesture`)
   ``nmnist``            real N-MNIST in tonic's layout (``tonic.datasets.NMNIST``)
   ``dvsgesture``        real DVS128 Gesture in tonic's layout (``tonic.datasets.DVSGesture``)
 
@@ -29,12 +29,12 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from .errors import SastDeployError
-from .fileio import atomic_directory, atomic_save_npz
+from ..errors import SastDeployError
+from ..fileio import atomic_directory, atomic_save_npz
 from .frames import FRAME_CACHE_FORMAT, FrameDataset, decoded_rows, default_workers, read_split, write_meta, write_split
 from .synthetic import EventSplit, SyntheticNMNISTConfig, generate_synthetic_nmnist
 from .synthetic_gesture import SyntheticGestureConfig, generate_synthetic_gesture
-from .validation import file_data, validated
+from ..validation import file_data, validated
 
 
 @dataclass(frozen=True)
@@ -325,7 +325,7 @@ def _frames_cache_path(cfg: DataConfig, files: Optional[Dict[str, RecordingFiles
 
 def load_dataset(cfg: DataConfig, progress: bool = True) -> Tuple[FrameDataset, FrameDataset]:
     """Train and test splits as binary frames, cached on disk per (source, transform, subset)
-    and read back through a memory map (:mod:`sast_deploy.frames`)."""
+    and read back through a memory map (:mod:`sast_deploy.data.frames`)."""
     # a real dataset's files are listed (and stat'ed) on every load: that is its cache key;
     # a generated one's events are loaded only when its frames are not cached yet
     files = None if cfg.spec.generated else {split: _split_source(cfg, split, progress) for split in SPLITS}

@@ -8,11 +8,11 @@ import dataclasses
 import statistics
 from typing import Dict
 
-from .data import load_dataset
-from .emulator import emulate
-from .quantize import load_spec, quantize
-from .evaluate import accuracy_pct
-from .runs import load_run
+from ..data.datasets import load_dataset
+from ..deploy.emulator import emulate
+from ..deploy.quantize import load_spec, quantize
+from ..training.evaluate import accuracy_pct
+from ..training.runs import load_run
 
 
 def precision_table(run_dirs, bits=(8, 6, 4), progress: bool = False) -> Dict[str, object]:

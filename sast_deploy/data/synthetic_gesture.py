@@ -11,7 +11,7 @@ process on a 32x32 sensor:
    drumming, ...), with the subject's own size, position, speed and amplitude, jittered
    per recording, and a slow sway of the whole body;
 3. the scene's log intensity goes through the same DVS pixel model as ``synthetic-nmnist``
-   (:func:`sast_deploy.synthetic.dvs_pixel_events`), with the pixel parameters calibrated
+   (:func:`sast_deploy.data.synthetic.dvs_pixel_events`), with the pixel parameters calibrated
    there against the genuine N-MNIST recording; the three lighting conditions change the
    background level (so the hand's contrast) and the background activity.
 
@@ -32,7 +32,7 @@ import numpy as np
 
 from .synthetic import (DVSPixel, EventSplit, SyntheticNMNISTConfig, config_cache_key, dvs_pixel_events, generate_parallel,
                         pack_split)
-from .validation import file_data
+from ..validation import file_data
 
 #: Class names and order of tonic's ``DVSGesture`` (image left/right: the subject's right
 #: arm appears on the image's left, as in the real recordings).

@@ -25,9 +25,9 @@ from typing import Dict, List, Optional, Tuple
 import h5py
 import numpy as np
 
-from .errors import SastDeployError
-from .fileio import atomic_write_bytes, atomic_write_text
-from .functional.lif import LOIHI_DECAY_UNITY
+from ..errors import SastDeployError
+from ..fileio import atomic_write_bytes, atomic_write_text
+from ..functional.lif import LOIHI_DECAY_UNITY
 from .quantize import Loihi2Spec, QuantizationError, QuantizedLayer, QuantizedNet, load_spec, quantize
 
 FORMAT_TAG = "sast-deploy netx v1"
@@ -52,7 +52,7 @@ def export_run(run_dir: str | Path, out: Optional[str | Path] = None, spec: Opti
     """Export a trained run to ``target`` (a key of :data:`EXPORT_TARGETS`), by default to
     RUN_DIR/net.h5 (lava; plus quantization.json), net.nir or net.onnx. Returns what was written
     (``net``, ``target``; for lava also the per-layer quantization report, ``layers``)."""
-    from .runs import load_run
+    from ..training.runs import load_run
 
     if target not in EXPORT_TARGETS:
         raise QuantizationError(f"unknown export target {target!r}; known: {', '.join(EXPORT_TARGETS)}")

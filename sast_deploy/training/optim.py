@@ -105,7 +105,7 @@ class SAST(torch.optim.Optimizer):
     def step(self, closure: Optional[Callable[[], torch.Tensor]] = None):
         raise RuntimeError(
             "SAST needs two gradients per step: call first_step() after the backward pass on B and "
-            "second_step() after the backward pass on B' (see sast_deploy.train.sast_step)"
+            "second_step() after the backward pass on B' (see sast_deploy.training.train.sast_step)"
         )
 
     # The moments (Adam's m and v) live in the base optimizer; w and eps are transient (a

@@ -15,8 +15,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .functional.lif import SPIKE_MODES, SURROGATES, LIFState, lif_initial_state, lif_parameters, lif_step
-from .validation import file_data
+from ..functional.lif import SPIKE_MODES, SURROGATES, LIFState, lif_initial_state, lif_parameters, lif_step
+from ..validation import file_data
 
 ARCHS = ("mlp", "conv")
 

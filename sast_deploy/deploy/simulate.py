@@ -20,19 +20,19 @@ from typing import Any, Optional
 
 import numpy as np
 
-from .errors import SastDeployError
+from ..errors import SastDeployError
 from .export import write_netx
-from .functional.lif import LAVA_MAX_CONV_GROUPS
+from ..functional.lif import LAVA_MAX_CONV_GROUPS
 from .lava_runtime import lava_runtime
 from .quantize import QuantizedNet
-from .validation import file_data, validated
+from ..validation import file_data, validated
 
 
 class SimulationError(SastDeployError, ValueError):
     """The simulation cannot run as asked; the message names the file or value."""
 
 
-HARDWARE_DIR = Path(__file__).resolve().parent.parent / "hardware"
+HARDWARE_DIR = Path(__file__).resolve().parents[2] / "hardware"
 
 
 @file_data
@@ -52,7 +52,7 @@ class SimulatorConfig:
 
     @classmethod
     def load(cls, path: Optional[str | Path] = None) -> "SimulatorConfig":
-        from .config import RecipeError, read_toml
+        from ..training.recipe import RecipeError, read_toml
 
         default = HARDWARE_DIR / "lava-sim.toml"
         path = Path(path) if path else default
@@ -95,7 +95,7 @@ def input_buffer(frames: np.ndarray, first_kind: str, n_layers: int) -> np.ndarr
 
 def group_copies(frames: np.ndarray, copies: int) -> np.ndarray:
     """[N, T, P, H, W] -> [ceil(N/K), T, K*P, H, W]: K samples side by side along the channels
-    (zero samples pad the last group); the layout :class:`sast_deploy.lava_models.CopiesNetwork`
+    (zero samples pad the last group); the layout :class:`sast_deploy.deploy.lava.models.CopiesNetwork`
     reads (copy k on channels k*P ... (k+1)*P)."""
     n, t = frames.shape[:2]
     groups = -(-n // copies)
@@ -143,10 +143,10 @@ def simulate_lava(
     file here, since netx reads files).
 
     ``event_driven`` selects the event-driven Dense model
-    (:class:`sast_deploy.lava_models.PyEventDenseModel`) through the run config; False runs
+    (:class:`sast_deploy.deploy.lava.models.PyEventDenseModel`) through the run config; False runs
     Lava's stock ``PyDenseModelBitAcc`` (K = 1 only). With ``copies`` = K, K copies of the
     network in one graph each take a different sample
-    (:class:`sast_deploy.lava_models.CopiesNetwork`; None: :func:`resolve_copies`'s default,
+    (:class:`sast_deploy.deploy.lava.models.CopiesNetwork`; None: :func:`resolve_copies`'s default,
     1 with the stock model). Outputs are bit-identical in all cases.
     """
     frames = np.asarray(frames)
@@ -179,7 +179,7 @@ def _build_graph(qnet: QuantizedNet, net_path: Path, frames: np.ndarray, copies:
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
         from lava.lib.dl.netx.hdf5 import Network
 
-        from .lava_models import CopiesNetwork
+        from .lava.models import CopiesNetwork
     from lava.proc.io.sink import RingBuffer as Sink
     from lava.proc.io.source import RingBuffer as Source
 
@@ -209,9 +209,9 @@ def _simulate_graph(
     to ``chunks`` consecutive ``run()`` calls (whole samples each, so the progress bar moves;
     state carries over between calls exactly as within one call). The runtime is always
     stopped, its workers reaped and its shared memory released: on errors, SIGINT and SIGTERM
-    (:func:`sast_deploy.lava_runtime.lava_runtime`). ``hardware`` defaults to ``hardware/lava-sim.toml``.
+    (:func:`sast_deploy.deploy.lava_runtime.lava_runtime`). ``hardware`` defaults to ``hardware/lava-sim.toml``.
     """
-    from .lava_models import run_config
+    from .lava.models import run_config
 
     hardware = hardware or SimulatorConfig.load()
     if event_driven and hardware.select_tag != "fixed_pt":

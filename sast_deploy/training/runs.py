@@ -26,11 +26,11 @@ from typing import Any, Dict, List, Tuple
 
 import torch
 
-from .config import Recipe, recipe_from_dict
-from .errors import RunError, one_line
-from .fileio import atomic_torch_save, atomic_write_text
+from .recipe import Recipe, recipe_from_dict
+from ..errors import RunError, one_line
+from ..fileio import atomic_torch_save, atomic_write_text
 from .model import ModelConfig, SpikingNet, build_model
-from .validation import file_data, validated
+from ..validation import file_data, validated
 
 
 @file_data

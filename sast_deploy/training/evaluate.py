@@ -1,7 +1,7 @@
 """Stage 4, evaluation: what a network outputs on a dataset and how that scores.
 
 The readout is the output spike count per class (summed sigma in surrogate mode); the loss is
-the cross-entropy of those counts, the prediction their argmax (:func:`sast_deploy.model.predict`).
+the cross-entropy of those counts, the prediction their argmax (:func:`sast_deploy.training.model.predict`).
 Training scores every epoch with these functions, and so do compare, calibrate, robustness,
 the diagnostics and the report.
 """
@@ -13,7 +13,7 @@ from typing import Dict, List, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 
-from .data import FrameDataset
+from ..data.datasets import FrameDataset
 from .model import SpikingNet, predict, spike_counts
 
 Batch = Tuple[torch.Tensor, torch.Tensor]  # frames [B, T, P, H, W] (dataset layout), labels [B]

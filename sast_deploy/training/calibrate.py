@@ -20,8 +20,8 @@ from typing import Callable, Dict, List, Sequence, Tuple
 
 import numpy as np
 
-from .data import FrameDataset, load_dataset, stratified_subset
-from .lock import run_lock
+from ..data.datasets import FrameDataset, load_dataset, stratified_subset
+from ..lock import run_lock
 from .model import SpikingNet, build_model
 from .evaluate import evaluate
 from .runs import load_run, save_run

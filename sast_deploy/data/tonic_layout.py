@@ -20,8 +20,8 @@ from typing import Callable, Dict, Optional
 
 import numpy as np
 
-from .fileio import atomic_directory
-from .data import DATASETS, DataConfig, DataError, Recordings, split_recordings, stratified_subset
+from ..fileio import atomic_directory
+from .datasets import DATASETS, DataConfig, DataError, Recordings, split_recordings, stratified_subset
 
 #: N-MNIST events: 5 bytes each, x, y, polarity in bit 7 of byte 2, a 23-bit timestamp (us)
 NMNIST_MAX_T_US = (1 << 23) - 1

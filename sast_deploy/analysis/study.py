@@ -25,9 +25,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
 
-from .config import RecipeError, load_recipe, read_toml
-from .fileio import atomic_write_text
-from .validation import file_data, validated
+from ..training.recipe import RecipeError, load_recipe, read_toml
+from ..fileio import atomic_write_text
+from ..validation import file_data, validated
 
 
 @file_data
@@ -90,9 +90,9 @@ def run_study(study: Study, out: str | Path, progress: bool = True, log=print,
     unknown = sorted(set(seeds or ()) - set(study.seeds))
     if unknown:
         raise RecipeError(f"study {study.name}: seeds {unknown} are not among the study's seeds {list(study.seeds)}")
-    from .calibrate import calibrate_run
-    from .compare import compare_run
-    from .train import train
+    from ..training.calibrate import calibrate_run
+    from ..deploy.compare import compare_run
+    from ..training.train import train
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

@@ -33,7 +33,7 @@ from typing import Dict, List, Tuple
 
 import numpy as np
 
-from .validation import file_data
+from ..validation import file_data
 
 # The structured dtype tonic's NMNIST dataset yields, so that the synthetic and the real
 # recordings go through the same tonic transforms.

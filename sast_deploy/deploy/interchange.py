@@ -11,7 +11,7 @@ diagonal in the channels. beta = 1 (no leak) has no NIR LIF and is refused.
 ONNX (``--target onnx``): the *quantized* hard-spike network as a one-time-step graph, the
 usual way to export a recurrent model: inputs ``spikes_in`` and the membrane states
 ``v_<i>``, outputs ``spikes_out`` and ``v_<i>_next``, all int64, the arithmetic of
-:class:`sast_deploy.emulator.FixedPointNet` node by node (integer-exact).
+:class:`sast_deploy.deploy.emulator.FixedPointNet` node by node (integer-exact).
 """
 
 from __future__ import annotations
@@ -21,12 +21,12 @@ from typing import Dict, List, Tuple
 
 import numpy as np
 
-from .errors import SastDeployError
-from .fileio import atomic_write_bytes
-from .model import SpikingLayer, SpikingNet, non_finite_parameters
+from ..errors import SastDeployError
+from ..fileio import atomic_write_bytes
+from ..training.model import SpikingLayer, SpikingNet, non_finite_parameters
 from .netx_weights import netx_dense_weights
 from .quantize import QuantizedLayer, QuantizedNet
-from .functional.lif import LOIHI_ACT_SHIFT, LOIHI_DECAY_UNITY, LOIHI_STATE_BITS
+from ..functional.lif import LOIHI_ACT_SHIFT, LOIHI_DECAY_UNITY, LOIHI_STATE_BITS
 
 
 class InterchangeError(SastDeployError, ValueError):

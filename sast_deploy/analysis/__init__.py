@@ -1,0 +1,1 @@
+"""Stage 9, analysis: studies over methods and seeds, their reports, and the precision, robustness and mechanism measurements."""
