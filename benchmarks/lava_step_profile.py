@@ -4,6 +4,7 @@ every worker's CPU time (its main thread plus the helper threads Lava's channels
 against the wall time of a step.
 
     python benchmarks/lava_step_profile.py --run runs/demo/sast [--samples 40] [--copies 1] [--stock]
+    python benchmarks/lava_step_profile.py --random conv --stock     # no training needed
 
 The process models are instrumented in this process before Lava forks its workers, so each
 worker times itself and writes its totals when the runtime stops it. "compute CPU" is the
@@ -125,16 +126,21 @@ def breakdown(out_dir: Path, steps: int, wall_per_step_us: float) -> str:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--run", required=True, help="a trained run directory (its net.h5 or an export, its test split)")
+    src = ap.add_mutually_exclusive_group(required=True)
+    src.add_argument("--run", help="a trained run directory (its net.h5 or an export, its test split)")
+    src.add_argument("--random", choices=("mlp", "conv", "gesture"), help="simulation_speed.py's random network on random spikes")
     ap.add_argument("--samples", type=int, default=40)
     ap.add_argument("--copies", type=int, default=1)
     ap.add_argument("--stock", action="store_true", help="Lava's PyDenseModelBitAcc instead of the event-driven model")
     args = ap.parse_args(argv)
-    from simulation_speed import run_network_and_frames  # noqa: E402  (benchmarks/ on sys.path when run as a script)
+    from simulation_speed import random_network_and_frames, run_network_and_frames  # noqa: E402  (benchmarks/ on sys.path as a script)
 
     from sast_deploy.deploy.simulate import simulate_lava
 
-    qnet, frames = run_network_and_frames(args.run, args.samples)
+    if args.run:
+        qnet, frames = run_network_and_frames(args.run, args.samples)
+    else:
+        qnet, frames = random_network_and_frames(args.random, args.samples)
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp)
         with instrumented(out):

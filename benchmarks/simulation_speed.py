@@ -40,18 +40,28 @@ def run_network_and_frames(run: str, samples: int) -> Tuple[QuantizedNet, torch.
     return qnet, load_dataset(recipe.data, progress=False)[1].frames[:samples]
 
 
+# Random networks: (ModelConfig fields, input (P, H, W), classes, weight gain). "gesture" is
+# the net train/dvsgesture.toml trains (conv 16 channels 5x5 stride 4, dense 64, 11 classes
+# on the 2x32x32 downsampled sensor); "conv" a conv 3x3 stride 2, 8 channels, 2x2 sum-pool.
+RANDOM_NETWORKS = {
+    "mlp": (dict(hidden=(128,)), (2, 34, 34), 10, 4.0),
+    "conv": (dict(arch="conv", hidden=(), conv_channels=8, conv_stride=2, pool=2), (2, 34, 34), 10, 4.0),
+    "gesture": (dict(arch="conv", hidden=(64,), conv_channels=16, conv_kernel=5, conv_stride=4, pool=0),
+                (2, 32, 32), 11, 3.0),
+}
+
+
 def random_network_and_frames(kind: str, samples: int, time_bins: int = 30) -> Tuple[QuantizedNet, torch.Tensor]:
-    """A random MLP (2312-128-10) or conv net with weights strong enough to make every layer
-    spike, on random input spikes (5 % per bin, about N-MNIST's rate)."""
+    """A random network of :data:`RANDOM_NETWORKS` with weights strong enough to make every
+    layer spike, on random input spikes (5 % per bin, about N-MNIST's rate)."""
     from sast_deploy.training.model import ModelConfig, build_model
 
+    fields, shape, classes, gain = RANDOM_NETWORKS[kind]
     torch.manual_seed(0)
-    shape = (2, 34, 34)
-    cfg = ModelConfig(hidden=(128,)) if kind == "mlp" else ModelConfig(arch="conv", hidden=(), conv_channels=8, conv_stride=2, pool=2)
-    model = build_model(cfg, shape, 10)
+    model = build_model(ModelConfig(**fields), shape, classes)
     with torch.no_grad():
         for p in model.parameters():
-            p.mul_(4.0)
+            p.mul_(gain)
     g = torch.Generator().manual_seed(1)
     return quantize(model), (torch.rand(samples, time_bins, *shape, generator=g) < 0.05).to(torch.uint8)
 
@@ -70,7 +80,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     src = ap.add_mutually_exclusive_group(required=True)
     src.add_argument("--run", help="a trained run directory (its test split is used)")
-    src.add_argument("--random", choices=("mlp", "conv"), help="a random network on random spikes")
+    src.add_argument("--random", choices=tuple(RANDOM_NETWORKS), help="a random network on random spikes")
     ap.add_argument("--samples", type=int, default=200)
     ap.add_argument("--copies", default="4,8,16,32", help="K values for the K-copy graphs")
     ap.add_argument("--emulator-threads", default="1,2", help="torch threads for the emulator lines")
