@@ -27,8 +27,7 @@ from .distributed import is_rank_zero
 from .errors import EXIT_BAD_INPUT, EXIT_SIGINT, EXIT_SIGTERM, SastDeployError, Terminated, one_line
 from .deploy.export import EXPORT_TARGETS
 from .deploy.quantize import QuantizationError
-from .functional.lif import LAVA_MAX_CONV_GROUPS
-from .deploy.simulate import DEFAULT_COPIES
+from .deploy.simulate import DEFAULT_CONV_COPIES, DEFAULT_COPIES
 from .signals import terminate_raises
 
 RECIPES_DIR = Path(__file__).resolve().parent.parent / "train"
@@ -283,8 +282,8 @@ class Shared:
                                help="weight mantissa bits (8, 6, 4, ...), overrides the spec (compare's files get a -wN suffix)")
         self.copies = _option("--copies", type=int, default=None,
                               help=f"K network copies in one graph, each on its own sample, bit-identical to K=1 (default "
-                                   f"{DEFAULT_COPIES}, fewer for fewer samples or where a conv layer's groups times K would "
-                                   f"pass Lava's limit of {LAVA_MAX_CONV_GROUPS}; benchmarks/simulation_speed.py times each K)")
+                                   f"{DEFAULT_COPIES} for MLPs, {DEFAULT_CONV_COPIES} for conv nets, fewer for fewer samples; "
+                                   f"benchmarks/simulation_speed.py times each K)")
 
     @staticmethod
     def out(help: str, **kwargs) -> argparse.ArgumentParser:

@@ -12,6 +12,7 @@ from sast_deploy.deploy.emulator import FixedPointNet, emulate, emulate_counts
 from sast_deploy.deploy.netx_weights import netx_dense_weights
 from sast_deploy.deploy.quantize import QuantizedNet, quantize
 from sast_deploy.deploy.simulate import SimulationError, simulate_lava
+from conftest import random_conv_net
 from test_deploy import _conv_model, _dense, _random_mlp, _spikes
 
 
@@ -162,12 +163,101 @@ def test_emulator_float_type_keeps_large_sums_exact():
     assert e.input_spikes == [2 * 70_001.0]
 
 
-def test_copies_stop_at_lavas_int8_conv_groups():
-    """Lava's Conv model holds ``groups`` as int8: K copies of a sum-pool over C channels (C
-    groups) fit while K * C <= 127. Past that the layer used to go silent; now the default K
-    stops at the limit and an explicit larger K is refused."""
+# --- the event-driven Conv model against Lava's stock one -----------------------------------
+
+CONV_CASES = [  # (C_in, C_out, kernel (x, y), stride, padding, dilation, groups, W, H, density, weight range)
+    (2, 8, (5, 5), (2, 2), (0, 0), (1, 1), 1, 34, 34, 0.05, 128),
+    (2, 3, (3, 2), (1, 2), (1, 0), (1, 1), 1, 9, 8, 0.4, 128),  # asymmetric kernel, stride, padding
+    (4, 6, (3, 3), (1, 1), (2, 1), (2, 1), 2, 10, 9, 1.0, 128),  # dilation, groups, every input spiking
+    (8, 8, (2, 2), (2, 2), (0, 0), (1, 1), 8, 15, 15, 0.3, 128),  # the sum-pool: depthwise
+    (3, 6, (4, 3), (3, 2), (2, 2), (1, 2), 3, 11, 13, 0.0, 128),  # no input spike
+    (6, 2, (3, 3), (1, 1), (1, 1), (1, 1), 1, 7, 7, 1.0, 1 << 20),  # sums past 2^23: the 24-bit wrap
+]
+
+
+@pytest.mark.parametrize("case", CONV_CASES)
+@pytest.mark.parametrize("graded", [False, True])
+def test_conv_scatter_equals_lavas_stock_conv(case, graded):
+    """The arithmetic of PyEventConvModel against PyConvModelFixed's (scipy convolve2d per
+    group and channel pair, int32 cast, 24-bit wrap), without the runtime."""
+    from lava.proc.conv import utils
+
+    from sast_deploy.deploy.conv_scatter import lava_conv_table
+
+    c_in, c_out, kernel, stride, padding, dilation, groups, w, h, density, top = case
+    rng = np.random.default_rng(sum(kernel) + c_in + groups)
+    weight = rng.integers(-top, top, size=(c_out, *kernel, c_in // groups)).astype(np.int32)
+    weight.flat[:2] = [-top, top - 1]
+    x = (rng.random((w, h, c_in)) < density).astype(np.int32)
+    if graded:
+        x *= rng.integers(1, 100, size=x.shape).astype(np.int32)
+    out_shape = utils.output_shape((w, h, c_in), c_out, kernel, stride, padding, dilation)
+    stock = utils.signed_clamp(utils.conv(x if graded else x.astype(bool), weight, kernel, stride, padding, dilation,
+                                          groups), bits=24)
+    table = lava_conv_table(weight, (w, h, c_in), out_shape, stride, padding, dilation, groups)
+    event = utils.signed_clamp(table(x.reshape(1, -1), graded=graded).reshape(out_shape).astype(np.int32), bits=24)
+    np.testing.assert_array_equal(event, stock)
+    if density > 0:
+        assert np.abs(stock).max() > 0
+
+
+def test_conv_scatter_chunks_events_exactly(monkeypatch):
+    """Many rows at once (the emulator's samples x steps) in chunks of a few events: the
+    same sums as one row at a time, and as torch's conv2d."""
+    from sast_deploy.deploy import conv_scatter
+
+    rng = np.random.default_rng(3)
+    weight = rng.integers(-128, 128, size=(5, 2, 3, 3))
+    x = (rng.random((40, 2, 11, 10)) < 0.2).astype(np.uint8)
+    expected = F.conv2d(torch.from_numpy(x).double(), torch.from_numpy(weight).double(), stride=(2, 1),
+                        padding=(1, 1)).round().to(torch.int64).numpy()
+    table = conv_scatter.torch_conv_table(weight, (2, 11, 10), expected.shape[1:], (2, 1), (1, 1), 1)
+    monkeypatch.setattr(conv_scatter, "MAX_EVENTS_PER_CHUNK", 7)  # rows split across chunks
+    np.testing.assert_array_equal(table(x.reshape(40, -1)).reshape(expected.shape), expected)
+
+
+NET_CASES = [  # random_conv_net's keywords
+    dict(),
+    dict(kernel=(2, 3), stride=(2, 1), padding=(0, 1), channels=6, groups=2, vths=(100, 60, 100)),
+    dict(in_shape=(2, 12, 12), kernel=(5, 5), stride=(4, 4), padding=(2, 2), pool=False, vths=(300, 0, 150)),
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", range(len(NET_CASES)))
+@pytest.mark.parametrize("density", [0.6, 0.04])
+def test_event_driven_conv_equals_stock_model_and_emulator(tmp_path, case, density):
+    qnet = random_conv_net(30 + case, **NET_CASES[case])
+    path = write_netx(qnet, tmp_path / "net.h5")
+    frames = _spikes(31 + case, 6, 10, qnet.input_shape, density)
+    stock = simulate_lava(read_netx(path), frames, progress=False, event_driven=False)
+    event = simulate_lava(read_netx(path), frames, progress=False, copies=1)
+    np.testing.assert_array_equal(event.counts, stock.counts)
+    np.testing.assert_array_equal(stock.counts, emulate_counts(read_netx(path), torch.from_numpy(frames)).numpy())
+    assert stock.counts.sum() > 0
+
+
+def test_event_conv_model_is_selected_by_the_run_config(tmp_path):
+    from lava.proc.conv.process import Conv
+
+    from sast_deploy.deploy.lava.models import CopiesNetwork, PyEventConvModel, run_config
+
+    assert run_config(True).exception_proc_model_map[Conv] is PyEventConvModel
+    assert Conv not in (run_config(False).exception_proc_model_map or {})
+    net = CopiesNetwork(str(write_netx(random_conv_net(0), tmp_path / "net.h5")), copies=30, reset_interval=5)
+    conv = [layer.synapse for layer in net.layers[:2]]
+    assert [int(c.groups.init) for c in conv] == [30, 30 * 4]  # past the stock model's int8
+    assert [c.proc_params["copies"] for c in conv] == [30, 30]
+
+
+@pytest.mark.slow
+def test_k_copies_past_lavas_int8_conv_groups_equal_single_copies():
+    """Lava's stock Conv model holds ``groups`` as int8: K copies of a sum-pool over 5 channels
+    (5K groups) went silent past K = 25, and K stopped at 15 on 8 channels. The event-driven
+    model holds them as int32 and scatters per copy: K = 16 and K = 26 (130 groups), padded
+    groups included, give the single-copy counts."""
     from sast_deploy.training.model import ModelConfig, build_model
-    from sast_deploy.deploy.simulate import DEFAULT_COPIES, copies_limit, resolve_copies
+    from sast_deploy.deploy.simulate import DEFAULT_CONV_COPIES, resolve_copies
 
     torch.manual_seed(0)
     model = build_model(ModelConfig(arch="conv", hidden=(), conv_channels=5, conv_kernel=3, conv_stride=1, pool=2), (2, 9, 8), 4)
@@ -175,12 +265,26 @@ def test_copies_stop_at_lavas_int8_conv_groups():
         for p in model.parameters():
             p.mul_(4.0)
     qnet = quantize(model)
-    assert copies_limit(qnet) == 127 // 5 == 25 < DEFAULT_COPIES
-    assert resolve_copies(qnet, None, 30) == 25 and resolve_copies(qnet, None, 7) == 7
+    assert resolve_copies(qnet, None, 100) == DEFAULT_CONV_COPIES and resolve_copies(qnet, None, 7) == 7
     frames = _spikes(1, 30, 6, (2, 9, 8))
-    with pytest.raises(SimulationError, match="at most 25 copies"):
-        simulate_lava(qnet, frames, progress=False, copies=26)
-    res = simulate_lava(qnet, frames, progress=False)  # the default: 25 copies, 125 groups in the pool layer
-    assert res.copies == 25
-    emu = emulate_counts(qnet, torch.from_numpy(frames)).numpy()
-    assert emu.sum() > 0 and np.array_equal(res.counts, emu)
+    single = simulate_lava(qnet, frames, progress=False, copies=1)
+    assert single.counts.sum() > 0
+    np.testing.assert_array_equal(single.counts, emulate_counts(qnet, torch.from_numpy(frames)).numpy())
+    for copies in (16, 26):
+        res = simulate_lava(qnet, frames, progress=False, copies=copies)
+        assert res.copies == copies
+        np.testing.assert_array_equal(res.counts, single.counts)
+
+
+@pytest.mark.slow
+def test_k_copies_on_a_trained_conv_run_equal_stock_lava_and_emulator(trained_conv_run, small_data, tmp_path):
+    from sast_deploy.deploy.export import export_run
+
+    net = export_run(trained_conv_run, tmp_path / "net.h5")["net"]
+    frames = small_data[1][1].frames[:20].numpy()
+    stock = simulate_lava(read_netx(net), frames, progress=False, event_driven=False)
+    assert stock.counts.sum() > 0
+    np.testing.assert_array_equal(stock.counts, emulate_counts(read_netx(net), torch.from_numpy(frames)).numpy())
+    for copies in (1, 20):
+        np.testing.assert_array_equal(simulate_lava(read_netx(net), frames, progress=False, copies=copies).counts,
+                                      stock.counts)

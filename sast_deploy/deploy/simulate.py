@@ -22,7 +22,6 @@ import numpy as np
 
 from ..errors import SastDeployError
 from .export import write_netx
-from ..functional.lif import LAVA_MAX_CONV_GROUPS
 from .lava_runtime import lava_runtime
 from .quantize import QuantizedNet
 from ..validation import file_data, validated
@@ -106,31 +105,26 @@ def group_copies(frames: np.ndarray, copies: int) -> np.ndarray:
 
 
 # K for batched simulation: the smallest K that reached 10x stock single-copy Lava in
-# benchmarks/simulation_speed.py (its figures: README, "Simulation speed").
+# benchmarks/simulation_speed.py (its figures: README, "Simulation speed"), for MLPs and for
+# nets with conv layers.
 DEFAULT_COPIES = 32
+DEFAULT_CONV_COPIES = 32
 
 
-def _max_conv_groups(qnet: QuantizedNet) -> int:
-    return max((q.groups for q in qnet.layers if q.kind != "dense"), default=1)
-
-
-def copies_limit(qnet: QuantizedNet) -> int:
-    """The most copies of ``qnet`` one Lava graph holds (:data:`LAVA_MAX_CONV_GROUPS`)."""
-    return max(1, LAVA_MAX_CONV_GROUPS // _max_conv_groups(qnet))
+def default_copies(qnet: QuantizedNet) -> int:
+    """:data:`DEFAULT_CONV_COPIES` for a net with a conv or pool layer, else :data:`DEFAULT_COPIES`."""
+    return DEFAULT_CONV_COPIES if any(q.kind != "dense" for q in qnet.layers) else DEFAULT_COPIES
 
 
 def resolve_copies(qnet: QuantizedNet, copies: Optional[int], n_samples: int) -> int:
-    """K for ``n_samples`` samples: ``copies``, or by default :data:`DEFAULT_COPIES`, no more
-    than there are samples and than the network's conv groups allow."""
-    limit = copies_limit(qnet)
+    """K for ``n_samples`` samples: ``copies``, or by default :func:`default_copies`, no more
+    than there are samples. Any K >= 1 fits one graph: the event-driven Conv model scatters
+    copies per block and holds the K-fold conv groups as int32 (the stock model's int8 groups
+    are why K stopped at 127 / groups before)."""
     if copies is None:
-        return max(1, min(DEFAULT_COPIES, limit, n_samples))
+        return max(1, min(default_copies(qnet), n_samples))
     if copies < 1:
         raise SimulationError(f"copies must be >= 1, got {copies}")
-    if copies > limit:
-        raise SimulationError(f"copies = {copies}: a layer of this network has {_max_conv_groups(qnet)} conv groups "
-                              f"and Lava's Conv model holds groups as int8 (<= {LAVA_MAX_CONV_GROUPS}), "
-                              f"so at most {limit} copies fit in one graph")
     return copies
 
 

@@ -186,7 +186,8 @@ LOIHI_STATE_BITS = 24  # u and v are signed 24-bit
 LOIHI_VTH_BITS = 17  # unsigned threshold mantissa: vth <= (1 << 17) - 1
 LOIHI_WEIGHT_BITS = 8  # signed weight mantissa
 # lava.proc.conv's PyConvModel holds a conv's ``groups`` in an int8 Var: beyond 127 it wraps
-# and the layer goes silent (K copies of a layer in one graph have K times its groups)
+# and the layer goes silent. K copies of a layer in one graph have K times its groups, which
+# is why they run on sast_deploy.deploy.lava.models.PyEventConvModel (int32 groups).
 LAVA_MAX_CONV_GROUPS = 127
 
 

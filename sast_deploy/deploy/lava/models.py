@@ -13,11 +13,16 @@ processes: K copies of the network side by side.
   ``PyDenseModelBitAcc`` (the same weight pipeline through Lava's weight utilities, the
   same integer sums and the same shift by ``weight_exp``), selected through the run
   config (:func:`run_config`) so netx builds the same graph.
+* :class:`PyEventConvModel`: lava's ``Conv`` process, bit-identical to ``PyConvModelFixed``,
+  event-driven (each input spike scatters its kernel, :mod:`sast_deploy.deploy.conv_scatter`)
+  where the stock model runs scipy's ``convolve2d`` per (group, output, input channel)
+  over the whole frame every step; selected the same way.
 * :class:`CopiesNetwork`: netx's ``Network`` built from the single-copy HDF5 file, with K
   copies per graph. Dense layers hold one weight block and compute K per-copy products
   (:class:`CopiesDense`), so a step costs K products, not one block-diagonal product of
   K^2 blocks (and memory stays that of one copy). Conv layers stack the copies along the
-  channels with K times the groups, which Lava's Conv model already computes per group.
+  channels with K times the groups; :class:`PyEventConvModel` scatters them per copy and
+  holds the groups as int32, so K is not bounded by the stock model's int8 groups.
 """
 
 from __future__ import annotations
@@ -36,10 +41,15 @@ from lava.magma.core.process.variable import Var
 from lava.magma.core.resources import CPU
 from lava.magma.core.run_configs import Loihi2SimCfg
 from lava.magma.core.sync.protocols.loihi_protocol import LoihiProtocol
+from lava.magma.core.model.py.ports import PyInPort, PyOutPort
+from lava.magma.core.model.py.type import LavaPyType
+from lava.proc.conv import utils as conv_utils
+from lava.proc.conv.models import AbstractPyConvModel
+from lava.proc.conv.process import Conv
 from lava.proc.dense.models import AbstractPyDenseModelBitAcc
 from lava.proc.dense.process import Dense
 
-from ...functional.lif import LAVA_MAX_CONV_GROUPS
+from ..conv_scatter import ScatterTable, lava_conv_table
 from ..netx_weights import stored_weights
 
 # Above this fraction of spiking inputs a step takes the dense path (one BLAS product over
@@ -137,6 +147,59 @@ class _AbstractEventDenseModel(AbstractPyDenseModelBitAcc):
 @tag("bit_accurate_loihi", "fixed_pt")
 class PyEventDenseModel(_AbstractEventDenseModel):
     """Event-driven model of lava's ``Dense``, bit-identical to ``PyDenseModelBitAcc``."""
+
+
+@implements(proc=Conv, protocol=LoihiProtocol)
+@requires(CPU)
+@tag("fixed_pt")
+class PyEventConvModel(AbstractPyConvModel):
+    """Event-driven model of lava's ``Conv``, bit-identical to ``PyConvModelFixed``: each
+    input spike adds its kernel to the outputs it reaches (:class:`ScatterTable`, built from
+    the weight Var as netx passed it), instead of a convolution of the whole frame; then the
+    stock model's int32 cast and 24-bit wrap. Like the stock model it applies no
+    ``weight_exp`` (netx's conv synapse leaves it at 0).
+
+    For K copies of a layer (:class:`CopiesNetwork`; ``copies`` = K in the process's
+    parameters) the process holds K times the kernel and K times the groups, copy k on
+    channels k * C ... (k+1) * C. This model scatters per copy with one copy's table, so the
+    copies are independent blocks and ``groups`` is held as an int32, not as the stock
+    model's int8 (which wraps past 127 groups and silences the layer). The sums are float64
+    integers, exact (``conv_scatter``), and equal the stock model's while they stay inside
+    int32, where its float64-to-int32 cast is exact (fan_in * max|w| < 2^31: 2^23 inputs at
+    8-bit weights)."""
+
+    s_in: PyInPort = LavaPyType(PyInPort.VEC_DENSE, np.int32, precision=24)
+    a_out: PyOutPort = LavaPyType(PyOutPort.VEC_DENSE, np.int32, precision=24)
+    a_buf: np.ndarray = LavaPyType(np.ndarray, np.int32, precision=24)
+    weight: np.ndarray = LavaPyType(np.ndarray, np.int32, precision=8)
+    groups: np.ndarray = LavaPyType(np.ndarray, np.int32, precision=32)
+
+    def __init__(self, proc_params):
+        super().__init__(proc_params)
+        self._table: Optional[ScatterTable] = None
+        self._copies = int(proc_params.get("copies", 1))
+
+    def _build_table(self, in_xyc: Tuple[int, int, int], out_xyc: Tuple[int, int, int]) -> ScatterTable:
+        k = self._copies
+        one_copy = self.weight[: self.weight.shape[0] // k]
+        if k > 1 and not np.array_equal(self.weight, np.concatenate([one_copy] * k)):
+            raise ValueError("a K-copy conv holds K equal kernels, one per copy")
+        return lava_conv_table(one_copy, (*in_xyc[:2], in_xyc[2] // k), (*out_xyc[:2], out_xyc[2] // k),
+                               self.stride, self.padding, self.dilation, int(self.groups[0]) // k)
+
+    def run_spk(self) -> None:
+        self.a_out.send(self.a_buf)
+        s_in = self.s_in.recv()
+        if self._table is None:
+            self._table = self._build_table(s_in.shape, self.a_buf.shape)
+        k = self._copies
+        w, h, kc = s_in.shape
+        per_copy = s_in.reshape(w * h, k, kc // k).swapaxes(0, 1)  # [K, x*y, C]: copy k's frame
+        a = self._table(per_copy, graded=self.num_message_bits.item() > 0)  # [K, out x*y*C]
+        wo, ho, kco = self.a_buf.shape
+        a = a.reshape(k, wo * ho, kco // k).swapaxes(0, 1).reshape(wo, ho, kco)
+        # the stock model's cast of its sums to the weights' int32, then its 24-bit wrap
+        self.a_buf = conv_utils.signed_clamp(a.astype(np.int32), bits=24)
 
 
 class CopiesDense(AbstractProcess):
@@ -250,14 +313,13 @@ class CopiesNetwork(Network):
     def create_conv(self, layer_config, input_shape: Tuple[int, int, int], input_message_bits: int = 0,
                     reset_interval: Optional[int] = None, reset_offset: int = 0,
                     spike_exp: int = 6) -> Tuple[AbstractBlock, str]:
-        if int(layer_config["groups"]) * self.copies > LAVA_MAX_CONV_GROUPS:
-            raise ValueError(f"{self.copies} copies of a conv layer with {layer_config['groups']} groups exceed "
-                             f"Lava's {LAVA_MAX_CONV_GROUPS} groups")
         if self._layers_built == 0:  # netx read the single-copy (x, y, channels) of the input layer
             input_shape = (*input_shape[:2], input_shape[2] * self.copies)
         self._layers_built += 1
-        return Network.create_conv(_CopiesConvConfig(layer_config, self.copies), input_shape, input_message_bits,
-                                   reset_interval, reset_offset, spike_exp)
+        block, table = Network.create_conv(_CopiesConvConfig(layer_config, self.copies), input_shape,
+                                           input_message_bits, reset_interval, reset_offset, spike_exp)
+        block.synapse.proc_params["copies"] = self.copies  # PyEventConvModel scatters per copy
+        return block, table
 
 
 @implements(proc=CopiesNetwork, protocol=LoihiProtocol)
@@ -287,7 +349,7 @@ def run_config(event_driven: bool = True, select_tag: str = "fixed_pt", net: Opt
         return Loihi2SimCfg(select_tag=select_tag)
     if select_tag != "fixed_pt":
         raise ValueError(f"the event-driven models are fixed point; select_tag is {select_tag!r}")
-    models: Dict[Any, type] = {Dense: PyEventDenseModel}
+    models: Dict[Any, type] = {Dense: PyEventDenseModel, Conv: PyEventConvModel}
     if isinstance(net, CopiesNetwork):
         models.update(_copies_models(net))
     return Loihi2SimCfg(select_tag=select_tag, exception_proc_model_map=models)
