@@ -151,6 +151,27 @@ def test_emulator_equals_int64_reference_on_graded_input_and_conv():
     assert expected.sum() > 0
 
 
+@pytest.mark.parametrize("case", range(4))
+@pytest.mark.parametrize("density", [0.03, 0.5, 1.0])
+def test_conv_emulator_equals_int64_reference(case, density):
+    """The emulator's conv paths: torch's float32 conv2d with and without the 24-bit wrap
+    (huge weights), the sum-pool as a window sum (one weight per channel) or per-window
+    weights, groups, strides, padding."""
+    qnet = random_conv_net(40 + case, **[dict(), NET_CASES[1], NET_CASES[2], dict(channels=3)][case])
+    rng = np.random.default_rng(case)
+    if case == 1:  # past 2^23: the sums wrap and float32 is not exact
+        qnet.layers[0].weight = rng.integers(-(1 << 22), 1 << 22, size=qnet.layers[0].weight.shape)
+    if case == 3:  # a sum-pool with a different weight per window position
+        qnet.layers[1].weight = rng.integers(-128, 128, size=qnet.layers[1].weight.shape)
+    frames = _spikes(41 + case, 5, 9, qnet.input_shape, density)
+    expected = _reference_counts(qnet, frames)
+    np.testing.assert_array_equal(emulate_counts(qnet, torch.from_numpy(frames), batch_size=2).numpy(), expected)
+    graded = frames * np.random.default_rng(7).integers(1, 4, size=frames.shape).astype(np.uint8)
+    np.testing.assert_array_equal(emulate_counts(qnet, torch.from_numpy(graded)).numpy(), _reference_counts(qnet, graded))
+    if density > 0.1:
+        assert expected.sum() > 0
+
+
 def test_emulator_float_type_keeps_large_sums_exact():
     # 70001 inputs at weight 127 (netx stores 254): the sums exceed float32's exact integers
     w = np.full((2, 70_001), 127)
