@@ -102,7 +102,8 @@ def test_k_copies_on_a_trained_run_equal_stock_lava_and_emulator(trained_run, sm
 
 
 def test_copies_network_holds_one_weight_block_per_layer(tmp_path):
-    from sast_deploy.deploy.lava.models import CopiesDense, CopiesNetwork, run_config
+    from sast_deploy.deploy.lava.models import run_config
+    from sast_deploy.deploy.lava.process import CopiesDense, CopiesNetwork
 
     qnet = _random_mlp(4, (24, 12, 5), (300, 400), (410, 0))
     net = CopiesNetwork(str(write_netx(qnet, tmp_path / "net.h5")), copies=8, reset_interval=12)
@@ -261,7 +262,8 @@ def test_event_driven_conv_equals_stock_model_and_emulator(tmp_path, case, densi
 def test_event_conv_model_is_selected_by_the_run_config(tmp_path):
     from lava.proc.conv.process import Conv
 
-    from sast_deploy.deploy.lava.models import CopiesNetwork, PyEventConvModel, run_config
+    from sast_deploy.deploy.lava.models import PyEventConvModel, run_config
+    from sast_deploy.deploy.lava.process import CopiesNetwork
 
     assert run_config(True).exception_proc_model_map[Conv] is PyEventConvModel
     assert Conv not in (run_config(False).exception_proc_model_map or {})

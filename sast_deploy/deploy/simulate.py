@@ -94,7 +94,7 @@ def input_buffer(frames: np.ndarray, first_kind: str, n_layers: int) -> np.ndarr
 
 def group_copies(frames: np.ndarray, copies: int) -> np.ndarray:
     """[N, T, P, H, W] -> [ceil(N/K), T, K*P, H, W]: K samples side by side along the channels
-    (zero samples pad the last group); the layout :class:`sast_deploy.deploy.lava.models.CopiesNetwork`
+    (zero samples pad the last group); the layout :class:`sast_deploy.deploy.lava.process.CopiesNetwork`
     reads (copy k on channels k*P ... (k+1)*P)."""
     n, t = frames.shape[:2]
     groups = -(-n // copies)
@@ -140,7 +140,7 @@ def simulate_lava(
     (:class:`sast_deploy.deploy.lava.models.PyEventDenseModel`) through the run config; False runs
     Lava's stock ``PyDenseModelBitAcc`` (K = 1 only). With ``copies`` = K, K copies of the
     network in one graph each take a different sample
-    (:class:`sast_deploy.deploy.lava.models.CopiesNetwork`; None: :func:`resolve_copies`'s default,
+    (:class:`sast_deploy.deploy.lava.process.CopiesNetwork`; None: :func:`resolve_copies`'s default,
     1 with the stock model). Outputs are bit-identical in all cases.
     """
     frames = np.asarray(frames)
@@ -173,7 +173,7 @@ def _build_graph(qnet: QuantizedNet, net_path: Path, frames: np.ndarray, copies:
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
         from lava.lib.dl.netx.hdf5 import Network
 
-        from .lava.models import CopiesNetwork
+        from .lava.process import CopiesNetwork
     from lava.proc.io.sink import RingBuffer as Sink
     from lava.proc.io.source import RingBuffer as Source
 
