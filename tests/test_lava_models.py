@@ -224,18 +224,22 @@ def test_conv_scatter_equals_lavas_stock_conv(case, graded):
 
 
 def test_conv_scatter_chunks_events_exactly(monkeypatch):
-    """Many rows at once (the emulator's samples x steps) in chunks of a few events: the
-    same sums as one row at a time, and as torch's conv2d."""
+    """Many rows at once (K copies) in chunks of a few synaptic events, rows split across
+    chunks: the same sums as the stock conv of each row."""
+    from lava.proc.conv import utils
+
     from sast_deploy.deploy import conv_scatter
 
     rng = np.random.default_rng(3)
-    weight = rng.integers(-128, 128, size=(5, 2, 3, 3))
-    x = (rng.random((40, 2, 11, 10)) < 0.2).astype(np.uint8)
-    expected = F.conv2d(torch.from_numpy(x).double(), torch.from_numpy(weight).double(), stride=(2, 1),
-                        padding=(1, 1)).round().to(torch.int64).numpy()
-    table = conv_scatter.torch_conv_table(weight, (2, 11, 10), expected.shape[1:], (2, 1), (1, 1), 1)
-    monkeypatch.setattr(conv_scatter, "MAX_EVENTS_PER_CHUNK", 7)  # rows split across chunks
-    np.testing.assert_array_equal(table(x.reshape(40, -1)).reshape(expected.shape), expected)
+    weight = rng.integers(-128, 128, size=(5, 3, 3, 2)).astype(np.int32)
+    x = (rng.random((12, 10, 11, 2)) < 0.2).astype(np.int32)  # 12 rows of (W, H, C)
+    args = ((3, 3), (2, 1), (1, 1), (1, 1))
+    out_shape = utils.output_shape((10, 11, 2), 5, *args)
+    expected = np.stack([utils.conv(row.astype(bool), weight, *args, 1) for row in x])
+    table = conv_scatter.lava_conv_table(weight, (10, 11, 2), out_shape, *args[1:], 1)
+    monkeypatch.setattr(conv_scatter, "MAX_EVENTS_PER_CHUNK", 7)
+    np.testing.assert_array_equal(table(x.reshape(12, -1)).reshape(expected.shape), expected)
+    assert np.abs(expected).max() > 0
 
 
 NET_CASES = [  # random_conv_net's keywords

@@ -4,8 +4,8 @@ of the spikes that arrived, not a convolution of the whole frame.
 
 :class:`ScatterTable` holds, for every input neuron, the (output neuron, weight) pairs of its
 fan-out, built once from the kernel (:func:`correlation_synapses`). Both the event-driven
-Lava Conv model (:mod:`sast_deploy.deploy.lava.models`) and the emulator's conv layers
-(:mod:`sast_deploy.deploy.emulator`) use it, each with its own memory layout of the neurons.
+Lava Conv model (:mod:`sast_deploy.deploy.lava.models`) uses it; :func:`lava_conv_table`
+lays the neurons out as Lava does.
 
 Why the sums are exact: every output is a sum of integer terms w * s (integer weights,
 integer payloads: 1 for a binary spike). They are summed in float64 (``np.bincount``'s
@@ -155,20 +155,6 @@ def lava_conv_table(weight: np.ndarray, in_xyc: Tuple[int, int, int], out_xyc: T
                                        _pair(dilation), int(groups))
     return ScatterTable((src[0] * h_in + src[1]) * c_in + src[2], (dst[0] * h_out + dst[1]) * c_out + dst[2], w,
                         w_in * h_in * c_in, w_out * h_out * c_out)
-
-
-def torch_conv_table(weight: np.ndarray, in_chw: Tuple[int, int, int], out_chw: Tuple[int, int, int],
-                     stride, padding, groups: int) -> ScatterTable:
-    """The scatter table of ``torch.nn.functional.conv2d`` (a correlation) with ``weight``
-    [C_out, C_in / groups, kH, kW], stride and padding in (h, w) order, neurons flattened in
-    torch's (c, y, x) order."""
-    c_in, h_in, w_in = (int(v) for v in in_chw)
-    c_out, h_out, w_out = (int(v) for v in out_chw)
-    stride, padding = _pair(stride), _pair(padding)
-    src, dst, w = correlation_synapses((w_in, h_in, c_in), (w_out, h_out, c_out), np.asarray(weight).transpose(0, 3, 2, 1),
-                                       stride[::-1], padding[::-1], (1, 1), int(groups))
-    return ScatterTable((src[2] * h_in + src[1]) * w_in + src[0], (dst[2] * h_out + dst[1]) * w_out + dst[0], w,
-                        c_in * h_in * w_in, c_out * h_out * w_out)
 
 
 def _pair(v) -> Tuple[int, int]:
