@@ -20,6 +20,7 @@ from typing import Any, Optional
 
 import numpy as np
 
+from ..configs import default_hardware_path
 from ..errors import SastDeployError
 from .export import write_netx
 from ..functional.lif import LAVA_MAX_CONV_GROUPS
@@ -30,9 +31,6 @@ from ..validation import file_data, validated
 
 class SimulationError(SastDeployError, ValueError):
     """The simulation cannot run as asked; the message names the file or value."""
-
-
-HARDWARE_DIR = Path(__file__).resolve().parents[2] / "hardware"
 
 
 @file_data
@@ -54,7 +52,7 @@ class SimulatorConfig:
     def load(cls, path: Optional[str | Path] = None) -> "SimulatorConfig":
         from ..training.recipe import RecipeError, read_toml
 
-        default = HARDWARE_DIR / "lava-sim.toml"
+        default = default_hardware_path()
         path = Path(path) if path else default
         if path == default and not path.is_file():
             return cls()
