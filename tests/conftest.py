@@ -3,6 +3,8 @@ from pathlib import Path
 
 import pytest
 
+from helpers import SMALL_SYNTHETIC, tiny_recipe
+
 # One genuine N-MNIST recording shipped with the tests (attribution: tests/data/README.md)
 REFERENCE_NMNIST = Path(__file__).resolve().parent / "data" / "sample_nmnist.bin"
 
@@ -27,24 +29,6 @@ def reference_nmnist() -> Path:
     return REFERENCE_NMNIST
 
 
-# A small synthetic-nmnist: 200 source images, 2 training variants, 1 test variant, T = 10.
-SMALL_SYNTHETIC = {"max_sources": 200, "train_variants": 2, "test_variants": 1}
-
-
-# The same data and model as a recipe file's sections (tests that go through TOML files).
-SMALL_RECIPE_TOML = """
-[data]
-n_time_bins = 10
-[data.synthetic]
-max_sources = 200
-train_variants = 2
-test_variants = 1
-[model]
-hidden = [16]
-alpha = 1.0
-"""
-
-
 @pytest.fixture(scope="session")
 def small_data():
     from sast_deploy.data.datasets import DataConfig, load_dataset
@@ -57,9 +41,8 @@ def small_data():
 def trained_run(tmp_path_factory, small_data):
     """A run trained for 2 epochs on the small synthetic set (baseline, alpha 2)."""
     from sast_deploy.training.train import train
-    from test_train import _recipe
 
     _, data = small_data
     run = tmp_path_factory.mktemp("run")
-    train(_recipe(**{"training.epochs": 2, "optimizer.name": "baseline", "model.alpha": 2.0}), run, progress=False, data=data)
+    train(tiny_recipe(**{"training.epochs": 2, "optimizer.name": "baseline", "model.alpha": 2.0}), run, progress=False, data=data)
     return run

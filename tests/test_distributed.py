@@ -9,7 +9,7 @@ import torch
 
 from sast_deploy.training.runs import load_run
 
-from conftest import SMALL_RECIPE_TOML
+from helpers import SMALL_RECIPE_TOML
 
 RECIPE = 'name = "ddp"\n' + SMALL_RECIPE_TOML + """
 [optimizer]

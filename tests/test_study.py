@@ -9,7 +9,7 @@ from sast_deploy.training.recipe import RecipeError
 from sast_deploy.analysis.report import family_points
 from sast_deploy.analysis.study import load_study, run_study
 
-from conftest import SMALL_RECIPE_TOML
+from helpers import SMALL_RECIPE_TOML
 
 BASE = 'name = "tiny"\n' + SMALL_RECIPE_TOML + """
 [optimizer]
