@@ -287,6 +287,7 @@ def test_interchange_errors_reach_the_cli_as_one_line(run, tmp_path, capsys):
     assert code == 2 and "beta = 1" in err and not (tmp_path / "n.nir").exists()
 
 
+@pytest.mark.slow
 def test_closed_pipe_ends_quietly(trained_run, tmp_path):
     cmd = [sys.executable, "-m", "sast_deploy.cli", "export", str(trained_run), "--out", str(tmp_path / "n.h5")]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)

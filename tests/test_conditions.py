@@ -3,6 +3,7 @@
 import json
 
 import numpy as np
+import pytest
 import torch
 
 from sast_deploy.cli import main
@@ -14,6 +15,7 @@ from sast_deploy.deploy.simulate import simulate_lava
 from sast_deploy.training.runs import load_run
 
 
+@pytest.mark.slow
 def test_four_bit_weights_lava_equals_emulator(tmp_path, trained_run):
     model, recipe, _ = load_run(trained_run)
     qnet = quantize(model, Loihi2Spec(weight_bits=4))
@@ -69,6 +71,7 @@ def test_corruptions_are_seeded_and_change_the_input(trained_run):
     assert np.array_equal(flipped["p"], 1 - ev["p"]) and np.array_equal(flipped["t"], ev["t"])
 
 
+@pytest.mark.slow
 def test_cli_robustness_and_precision(trained_run, tmp_path, capsys):
     assert main(["robustness", str(trained_run), "--out", str(tmp_path / "rob"), "--quiet"]) == 0
     result = json.loads((tmp_path / "rob" / "robustness.json").read_text())

@@ -146,6 +146,7 @@ def test_netx_round_trip_returns_the_written_network(tmp_path, kind):
     _assert_same_network(read_netx(write_netx(qnet, tmp_path / "net.h5")), qnet)
 
 
+@pytest.mark.slow
 def test_compare_exports_the_network_it_ran_for_any_spec_change(trained_run, tmp_path):
     import shutil
 
@@ -198,6 +199,7 @@ def test_compare_on_a_trained_run(trained_run, capsys):
     assert "| " + trained_run.name in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_cli_export_simulate_and_bad_inputs(trained_run, tmp_path, capsys, small_data):
     assert main(["export", str(trained_run), "--out", str(tmp_path / "n.h5")]) == 0
     assert "vThMant" in capsys.readouterr().out
@@ -239,6 +241,7 @@ def test_hardware_configs_load_and_bad_keys_are_named(tmp_path):
         SimulatorConfig.load(tmp_path / "none.toml")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["mlp", "conv"])
 def test_k_copies_in_one_graph_are_bit_identical(tmp_path, kind):
     if kind == "mlp":

@@ -5,6 +5,7 @@ import socket
 import subprocess
 import sys
 
+import pytest
 import torch
 
 from sast_deploy.training.runs import load_run
@@ -34,6 +35,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_two_gloo_ranks_match_one_process(tmp_path, small_data):
     recipe = tmp_path / "ddp.toml"
     recipe.write_text(RECIPE)
@@ -60,6 +62,7 @@ def test_two_gloo_ranks_match_one_process(tmp_path, small_data):
     assert not torch.allclose(next(init.parameters()), next(ddp.parameters()))
 
 
+@pytest.mark.slow
 def test_sharded_compare_equals_single_process(trained_run, tmp_path):
     import json
     import shutil

@@ -74,6 +74,7 @@ def test_copies_product_keeps_sums_beyond_float32_exact():
 # --- Lava: stock against event-driven against K copies --------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("density", [0.5, 0.03])
 def test_event_driven_dense_equals_stock_model_and_emulator(tmp_path, density):
     qnet = random_mlp(11, (40, 16, 6), (100, 40), (300, 300), inhibitory_last=True)
@@ -86,6 +87,7 @@ def test_event_driven_dense_equals_stock_model_and_emulator(tmp_path, density):
     assert stock.counts.sum() > 0
 
 
+@pytest.mark.slow
 def test_k_copies_on_a_trained_run_equal_stock_lava_and_emulator(trained_run, small_data, tmp_path):
     from sast_deploy.deploy.export import export_run
 

@@ -175,6 +175,7 @@ def test_interrupt_before_the_first_run_reaps_the_workers(tmp_path, monkeypatch,
     assert lava_segments and not set(lava_segments) & _shm()
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /dev/shm")
 def test_a_stop_that_hangs_is_timed_out_and_the_workers_killed(tmp_path, monkeypatch, capsys, lava_segments):
     import multiprocessing

@@ -39,6 +39,7 @@ calibrate = "baseline"
 """
 
 
+@pytest.mark.slow
 def test_study_runs_resumes_and_reports(tmp_path, small_data):
     (tmp_path / "base.toml").write_text(BASE)
     (tmp_path / "study.toml").write_text(STUDY)

@@ -42,6 +42,7 @@ def test_perturb_every_k_saves_passes(tmp_path, small_data):
     assert m["forward_backward_passes"] == 2 * ((steps + 1) // 2) + steps // 2
 
 
+@pytest.mark.slow
 def test_interrupted_run_resumes_to_the_same_weights(tmp_path, small_data, monkeypatch):
     _, data = small_data
     recipe = tiny_recipe(**{"training.epochs": 3})
@@ -138,6 +139,7 @@ def test_cli_train_and_evaluate(tmp_path, capsys):
     assert ev["transfer_gap_pp"] == pytest.approx(printed["transfer_gap_pp"])
 
 
+@pytest.mark.slow
 def test_conv_net_trains_on_event_frames(tmp_path, small_data):
     _, data = small_data
     # the default conv net (conv stride 4 -> dense -> readout, no pooling layer); in
@@ -191,6 +193,7 @@ def test_runs_and_checkpoints_written_before_the_surrogate_field_load_as_arctan(
     assert load_run(tmp_path)[1] == old
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("recipe, generated, synthetic", [
     ("nmnist.toml", "synthetic-nmnist", SMALL_SYNTHETIC),
     ("dvsgesture.toml", "synthetic-gesture", {"max_subjects": 3, "recordings_per_class": 1, "duration_ms": 300.0}),
