@@ -83,3 +83,15 @@ def test_sharded_compare_equals_single_process(trained_run, tmp_path):
     # how the work was split: each rank's graph holds copies for its own share of the samples
     timing = {"ranks", "lava_samples_per_s", "lava_timesteps_per_s", "lava_compile_seconds", "lava_copies_per_graph"}
     assert {k: v for k, v in sharded.items() if k not in timing} == {k: v for k, v in single.items() if k not in timing}
+
+
+def test_rank_bounds_split_n_items_into_contiguous_parts_that_cover_them_once():
+    from sast_deploy.distributed import rank_bounds, rank_slice
+
+    for n in range(0, 12):
+        for world in range(1, 5):
+            bounds = [rank_bounds(n, r, world) for r in range(world)]
+            assert [i for lo, hi in bounds for i in range(lo, hi)] == list(range(n)), (n, world)
+            assert all(hi - lo <= -(-n // world) for lo, hi in bounds)
+            items = torch.arange(n)
+            assert torch.equal(torch.cat([rank_slice(items, r, world) for r in range(world)]), items)
