@@ -195,6 +195,11 @@ def test_compare_on_a_trained_run(trained_run, capsys):
     assert sum(result["lava_class_counts"]) == 25 and np.all(np.abs(np.asarray(result["lava_class_counts"]) - share) < 1)
     assert result["lava_emulator_agreement"] == 1.0
     assert result["emulator_accuracy_lava_subset"] == result["lava_accuracy"]
+    # percentages are 100 x k / n in float64, as printed: 22.5, never 22.499999403953552 (float32)
+    for key, n in (("lava_accuracy", 25), ("hard_accuracy_lava_subset", 25), ("hard_accuracy", result["n_test"]),
+                   ("surrogate_accuracy", result["n_test"]), ("emulator_accuracy", result["n_test"])):
+        assert result[key] == 100 * round(result[key] * n / 100) / n, (key, result[key])
+    assert result["lava_hard_prediction_agreement"] == round(result["lava_hard_prediction_agreement"] * 25) / 25
     assert (trained_run / "compare.md").read_text().startswith("| run |")
     assert "| " + trained_run.name in capsys.readouterr().out
 

@@ -27,7 +27,7 @@ from .quantize import Loihi2Spec, QuantizedNet, load_spec, quantize
 from .simulate import SimulationResult, simulate_lava
 from ..distributed import distributed_context, is_rank_zero, rank_bounds
 from ..errors import RunError
-from ..training.evaluate import accuracy_pct, output_counts
+from ..training.evaluate import accuracy_pct, fraction, output_counts
 from ..training.runs import load_run
 
 
@@ -120,10 +120,10 @@ def _accuracies(model: SpikingNet, test: FrameDataset, emu: torch.Tensor, lava_i
         "emulator_accuracy_lava_subset": accuracy_pct(emu_sub, y_sub),
         "lava_accuracy": accuracy_pct(lava, y_sub),
         "quantization_gap_pp": accuracy_pct(hard_sub, y_sub) - accuracy_pct(lava, y_sub),
-        "lava_emulator_agreement": float((lava == emu_sub).all(dim=1).float().mean()),
-        "lava_emulator_prediction_agreement": float((predict(lava) == predict(emu_sub)).float().mean()),
-        "lava_hard_prediction_agreement": float((predict(lava) == predict(hard_sub)).float().mean()),
-        "emulator_hard_count_agreement": float((emu == hard).all(dim=1).float().mean()),
+        "lava_emulator_agreement": fraction((lava == emu_sub).all(dim=1)),
+        "lava_emulator_prediction_agreement": fraction(predict(lava) == predict(emu_sub)),
+        "lava_hard_prediction_agreement": fraction(predict(lava) == predict(hard_sub)),
+        "emulator_hard_count_agreement": fraction((emu == hard).all(dim=1)),
     }
 
 
