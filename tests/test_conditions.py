@@ -61,11 +61,15 @@ def test_corruptions_are_seeded_and_change_the_input(trained_run):
     events, labels = split_events(recipe.data)
     assert len(events) == len(labels) > 0
     clean = corrupted_frames(events[:5], recipe.data, "drop", 0.0)
+    np.random.seed(1234)
+    callers_draw = np.random.random()
+    np.random.seed(1234)
     for name, sev in (("drop", 0.5), ("noise", 10.0), ("jitter", 20.0), ("flip", 0.5)):
         a = corrupted_frames(events[:5], recipe.data, name, sev, seed=1)
         b = corrupted_frames(events[:5], recipe.data, name, sev, seed=1)
         assert torch.equal(a, b), name
         assert not torch.equal(a, clean), name
+    assert np.random.random() == callers_draw  # numpy's global generator is the caller's, untouched
     ev = events[0]
     flipped = FlipPolarity(p=1.0)(ev)
     assert np.array_equal(flipped["p"], 1 - ev["p"]) and np.array_equal(flipped["t"], ev["t"])
