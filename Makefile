@@ -1,5 +1,6 @@
 # make demo : train baseline and SAST on the embedded default and print the transfer-gap table
 # make test : the test suite (what CI runs)
+# make test-fast : the tests not marked slow (each under about 5 s)
 # Both create .venv with Python 3.10 (the version Lava requires) when it is missing.
 
 VENV := .venv
@@ -8,7 +9,7 @@ PY := $(VENV)/bin/python
 PYTHON310 ?= $(shell for c in python3.10 $$HOME/.pyenv/versions/3.10*/bin/python3.10 /usr/local/bin/python3.10 /usr/bin/python3.10; do \
 	$$c -c 'import sys; assert sys.version_info[:2] == (3, 10)' >/dev/null 2>&1 && { echo $$c; break; }; done)
 
-.PHONY: demo test venv clean bench
+.PHONY: demo test test-fast venv clean bench
 
 venv: $(VENV)/.installed
 
@@ -31,6 +32,9 @@ demo: venv
 
 test: venv
 	$(PY) -m pytest -q
+
+test-fast: venv
+	$(PY) -m pytest -q -m "not slow"
 
 bench: venv
 	$(PY) benchmarks/sast_step_time.py

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from sast_deploy.analysis.study import run_dir
 from sast_deploy.training.runs import read_model_file
 
 METRICS = ("surrogate_accuracy", "hard_accuracy", "transfer_gap_pp")
@@ -57,13 +58,12 @@ def main(argv=None) -> int:
     ap.add_argument("new", type=Path, help="the study folder after")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
-    seed = f"seed{args.seed}"
-    methods = sorted(p.name for p in args.new.iterdir() if (p / seed / "metrics.json").exists())
+    methods = sorted(p.name for p in args.new.iterdir() if (run_dir(args.new, p.name, args.seed) / "metrics.json").exists())
     print("| method | surrogate % | hard % | accuracies | losses | weights | emulator %, activity | Lava % before / after | identical |")
     print("|---|---|---|---|---|---|---|---|---|")
     all_same = True
     for m in methods:
-        row, same = method_row(args.old / m / seed, args.new / m / seed)
+        row, same = method_row(run_dir(args.old, m, args.seed), run_dir(args.new, m, args.seed))
         print(row)
         all_same &= same
     return 0 if all_same else 1

@@ -29,18 +29,15 @@ from .deploy.export import EXPORT_TARGETS
 from .deploy.quantize import QuantizationError
 from .deploy.simulate import DEFAULT_CONV_COPIES, DEFAULT_COPIES
 from .signals import terminate_raises
+from .configs import recipe_path
 
-RECIPES_DIR = Path(__file__).resolve().parent.parent / "train"
 DEMO_RECIPE = "demo.toml"
 DEMO_ARCTAN_RECIPE = "demo-arctan.toml"
 
 
 def _find_recipe(name: str) -> Path:
-    """A recipe path, or the name of one in train/ ('demo' or 'demo.toml')."""
-    p = Path(name)
-    if p.exists() or p.parent != Path("."):
-        return p
-    return RECIPES_DIR / (name if p.suffix == ".toml" else f"{name}.toml")
+    """A recipe path, or the name of one in train/ ('demo' or 'demo.toml') as the package ships it."""
+    return recipe_path(name)
 
 
 def cmd_train(args) -> int:

@@ -38,10 +38,17 @@ def distributed_context(device: torch.device) -> Tuple[int, int]:
     return dist.get_rank(), dist.get_world_size()
 
 
+def rank_bounds(n: int, rank: int, world: int) -> Tuple[int, int]:
+    """[lo, hi) of this rank's contiguous part of n items: equal parts of ceil(n / world), the
+    last ones short or empty."""
+    per = -(-n // world)
+    return min(n, rank * per), min(n, (rank + 1) * per)
+
+
 def rank_slice(global_batch: torch.Tensor, rank: int, world: int) -> torch.Tensor:
     """This rank's part of a global minibatch (equal parts; the last global batch may be short)."""
-    per = -(-len(global_batch) // world)
-    return global_batch[rank * per : (rank + 1) * per]
+    lo, hi = rank_bounds(len(global_batch), rank, world)
+    return global_batch[lo:hi]
 
 
 def is_rank_zero() -> bool:

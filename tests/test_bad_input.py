@@ -20,8 +20,7 @@ from sast_deploy.lock import run_lock
 from sast_deploy.training.runs import load_run
 from sast_deploy.training.train import train
 
-from conftest import SMALL_RECIPE_TOML
-from test_train import _recipe
+from helpers import SMALL_RECIPE_TOML, tiny_recipe
 
 RECIPE = 'name = "tiny"\n' + SMALL_RECIPE_TOML + "[optimizer]\nname = \"baseline\"\nlr = 5e-3\n[training]\nepochs = 1\nbatch_size = 64\n"
 
@@ -104,7 +103,7 @@ def test_diverging_training_stops_at_the_first_non_finite_loss(recipe_file, tmp_
 
 def test_divergence_keeps_the_last_good_checkpoint(tmp_path, small_data, monkeypatch):
     _, data = small_data
-    recipe = _recipe(**{"training.epochs": 3, "optimizer.name": "baseline"})
+    recipe = tiny_recipe(**{"training.epochs": 3, "optimizer.name": "baseline"})
     real_step, calls = train_mod.plain_step, {"n": 0}
     steps_per_epoch = -(-len(data[0]) // 32)
 
@@ -288,6 +287,7 @@ def test_interchange_errors_reach_the_cli_as_one_line(run, tmp_path, capsys):
     assert code == 2 and "beta = 1" in err and not (tmp_path / "n.nir").exists()
 
 
+@pytest.mark.slow
 def test_closed_pipe_ends_quietly(trained_run, tmp_path):
     cmd = [sys.executable, "-m", "sast_deploy.cli", "export", str(trained_run), "--out", str(tmp_path / "n.h5")]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)

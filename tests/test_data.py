@@ -128,6 +128,7 @@ def _written_tree(tmp_path, name="synthetic-nmnist", **synthetic):
     return cfg, tmp_path / "tree"
 
 
+@pytest.mark.slow
 def test_max_train_and_max_test_of_a_class_sorted_tree_hold_every_class(tmp_path):
     _, root = _written_tree(tmp_path, max_sources=300, train_variants=1, test_variants=1)
     cfg = DataConfig(name="nmnist", data_dir=str(root), n_time_bins=8, max_train=100, max_test=30)
@@ -139,6 +140,7 @@ def test_max_train_and_max_test_of_a_class_sorted_tree_hold_every_class(tmp_path
         assert np.all(np.abs(np.asarray(class_counts(subset.labels, 10)) - share) < 1)  # not digits 0-4 only
 
 
+@pytest.mark.slow
 def test_adding_a_recording_to_data_dir_invalidates_the_frame_cache(tmp_path, _isolated_cache):
     _, root = _written_tree(tmp_path, max_sources=60, train_variants=1, test_variants=1)
     cfg = DataConfig(name="nmnist", data_dir=str(root), n_time_bins=8)
@@ -163,6 +165,7 @@ def test_empty_or_truncated_recordings_are_named(tmp_path, reference_nmnist, con
         load_dataset(DataConfig(name="nmnist", data_dir=str(tmp_path), n_time_bins=12, workers=1), progress=False)
 
 
+@pytest.mark.slow
 def test_parallel_decoding_gives_the_frames_of_one_process(tmp_path, _isolated_cache):
     _, root = _written_tree(tmp_path, max_sources=100, train_variants=1, test_variants=1)
     one = load_dataset(DataConfig(name="nmnist", data_dir=str(root), n_time_bins=8, workers=1), progress=False)

@@ -5,11 +5,12 @@ import socket
 import subprocess
 import sys
 
+import pytest
 import torch
 
 from sast_deploy.training.runs import load_run
 
-from conftest import SMALL_RECIPE_TOML
+from helpers import SMALL_RECIPE_TOML
 
 RECIPE = 'name = "ddp"\n' + SMALL_RECIPE_TOML + """
 [optimizer]
@@ -34,6 +35,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_two_gloo_ranks_match_one_process(tmp_path, small_data):
     recipe = tmp_path / "ddp.toml"
     recipe.write_text(RECIPE)
@@ -60,6 +62,7 @@ def test_two_gloo_ranks_match_one_process(tmp_path, small_data):
     assert not torch.allclose(next(init.parameters()), next(ddp.parameters()))
 
 
+@pytest.mark.slow
 def test_sharded_compare_equals_single_process(trained_run, tmp_path):
     import json
     import shutil
@@ -80,3 +83,15 @@ def test_sharded_compare_equals_single_process(trained_run, tmp_path):
     # how the work was split: each rank's graph holds copies for its own share of the samples
     timing = {"ranks", "lava_samples_per_s", "lava_timesteps_per_s", "lava_compile_seconds", "lava_copies_per_graph"}
     assert {k: v for k, v in sharded.items() if k not in timing} == {k: v for k, v in single.items() if k not in timing}
+
+
+def test_rank_bounds_split_n_items_into_contiguous_parts_that_cover_them_once():
+    from sast_deploy.distributed import rank_bounds, rank_slice
+
+    for n in range(0, 12):
+        for world in range(1, 5):
+            bounds = [rank_bounds(n, r, world) for r in range(world)]
+            assert [i for lo, hi in bounds for i in range(lo, hi)] == list(range(n)), (n, world)
+            assert all(hi - lo <= -(-n // world) for lo, hi in bounds)
+            items = torch.arange(n)
+            assert torch.equal(torch.cat([rank_slice(items, r, world) for r in range(world)]), items)

@@ -12,8 +12,7 @@ from sast_deploy.deploy.emulator import FixedPointNet, emulate, emulate_counts
 from sast_deploy.deploy.netx_weights import netx_dense_weights
 from sast_deploy.deploy.quantize import QuantizedNet, quantize
 from sast_deploy.deploy.simulate import SimulationError, simulate_lava
-from conftest import random_conv_net
-from test_deploy import _conv_model, _dense, _random_mlp, _spikes
+from helpers import conv_model, dense_layer, random_conv_net, random_mlp, random_spikes
 
 
 def _reference_counts(qnet: QuantizedNet, frames: np.ndarray) -> np.ndarray:
@@ -75,11 +74,12 @@ def test_copies_product_keeps_sums_beyond_float32_exact():
 # --- Lava: stock against event-driven against K copies --------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("density", [0.5, 0.03])
 def test_event_driven_dense_equals_stock_model_and_emulator(tmp_path, density):
-    qnet = _random_mlp(11, (40, 16, 6), (100, 40), (300, 300), inhibitory_last=True)
+    qnet = random_mlp(11, (40, 16, 6), (100, 40), (300, 300), inhibitory_last=True)
     path = write_netx(qnet, tmp_path / "net.h5")
-    frames = _spikes(12, 5, 12, (1, 1, 40), density)
+    frames = random_spikes(12, 5, 12, (1, 1, 40), density)
     stock = simulate_lava(read_netx(path), frames, progress=False, event_driven=False)
     event = simulate_lava(read_netx(path), frames, progress=False, event_driven=True)
     np.testing.assert_array_equal(event.counts, stock.counts)
@@ -87,6 +87,7 @@ def test_event_driven_dense_equals_stock_model_and_emulator(tmp_path, density):
     assert stock.counts.sum() > 0
 
 
+@pytest.mark.slow
 def test_k_copies_on_a_trained_run_equal_stock_lava_and_emulator(trained_run, small_data, tmp_path):
     from sast_deploy.deploy.export import export_run
 
@@ -105,7 +106,7 @@ def test_copies_network_holds_one_weight_block_per_layer(tmp_path):
     from sast_deploy.deploy.lava.models import run_config
     from sast_deploy.deploy.lava.process import CopiesDense, CopiesNetwork
 
-    qnet = _random_mlp(4, (24, 12, 5), (300, 400), (410, 0))
+    qnet = random_mlp(4, (24, 12, 5), (300, 400), (410, 0))
     net = CopiesNetwork(str(write_netx(qnet, tmp_path / "net.h5")), copies=8, reset_interval=12)
     assert tuple(net.inp.shape) == (8 * 24,) and tuple(net.out.shape) == (8 * 5,)
     synapses = [layer.synapse for layer in net.layers]
@@ -118,9 +119,9 @@ def test_copies_network_holds_one_weight_block_per_layer(tmp_path):
 
 
 def test_copies_need_the_event_driven_models(tmp_path):
-    path = write_netx(_random_mlp(0, (24, 12, 5), (300, 400), (410, 0)), tmp_path / "net.h5")
+    path = write_netx(random_mlp(0, (24, 12, 5), (300, 400), (410, 0)), tmp_path / "net.h5")
     with pytest.raises(SimulationError, match="event-driven"):
-        simulate_lava(read_netx(path), _spikes(0, 2, 4, (1, 1, 24)), progress=False, copies=2, event_driven=False)
+        simulate_lava(read_netx(path), random_spikes(0, 2, 4, (1, 1, 24)), progress=False, copies=2, event_driven=False)
 
 
 # --- the fast emulator against the plain int64 reference ----------------------------------
@@ -128,8 +129,8 @@ def test_copies_need_the_event_driven_models(tmp_path):
 
 @pytest.mark.parametrize("density", [0.0, 0.02, 0.6])
 def test_emulator_equals_int64_reference_on_random_mlps(density):
-    qnet = _random_mlp(21, (300, 50, 8), (300, 40), (300, 0))
-    frames = _spikes(22, 16, 10, (1, 1, 300), density)
+    qnet = random_mlp(21, (300, 50, 8), (300, 40), (300, 0))
+    frames = random_spikes(22, 16, 10, (1, 1, 300), density)
     expected = _reference_counts(qnet, frames)
     np.testing.assert_array_equal(emulate_counts(qnet, torch.from_numpy(frames), batch_size=5).numpy(), expected)
     if density > 0.01:
@@ -142,11 +143,11 @@ def test_emulator_equals_int64_reference_on_random_mlps(density):
 
 
 def test_emulator_equals_int64_reference_on_graded_input_and_conv():
-    qnet = _random_mlp(23, (30, 10, 4), (400, 60), (0, 2000))
+    qnet = random_mlp(23, (30, 10, 4), (400, 60), (0, 2000))
     frames = np.random.default_rng(24).integers(0, 4, size=(6, 8, 1, 1, 30)).astype(np.uint8)  # counts, not spikes
     np.testing.assert_array_equal(emulate_counts(qnet, torch.from_numpy(frames)).numpy(), _reference_counts(qnet, frames))
-    cnet = quantize(_conv_model(0.5))
-    frames = _spikes(25, 7, 8, (2, 9, 8), 0.4)
+    cnet = quantize(conv_model(0.5))
+    frames = random_spikes(25, 7, 8, (2, 9, 8), 0.4)
     expected = _reference_counts(cnet, frames)
     np.testing.assert_array_equal(emulate_counts(cnet, torch.from_numpy(frames), batch_size=3).numpy(), expected)
     assert expected.sum() > 0
@@ -164,7 +165,7 @@ def test_conv_emulator_equals_int64_reference(case, density):
         qnet.layers[0].weight = rng.integers(-(1 << 22), 1 << 22, size=qnet.layers[0].weight.shape)
     if case == 3:  # a sum-pool with a different weight per window position
         qnet.layers[1].weight = rng.integers(-128, 128, size=qnet.layers[1].weight.shape)
-    frames = _spikes(41 + case, 5, 9, qnet.input_shape, density)
+    frames = random_spikes(41 + case, 5, 9, qnet.input_shape, density)
     expected = _reference_counts(qnet, frames)
     np.testing.assert_array_equal(emulate_counts(qnet, torch.from_numpy(frames), batch_size=2).numpy(), expected)
     graded = frames * np.random.default_rng(7).integers(1, 4, size=frames.shape).astype(np.uint8)
@@ -177,7 +178,7 @@ def test_emulator_float_type_keeps_large_sums_exact():
     # 70001 inputs at weight 127 (netx stores 254): the sums exceed float32's exact integers
     w = np.full((2, 70_001), 127)
     w[1, ::2] = 125
-    qnet = QuantizedNet([_dense(w, 131071, 4096)], (1, 1, 70_001), 2)
+    qnet = QuantizedNet([dense_layer(w, 131071, 4096)], (1, 1, 70_001), 2)
     frames = np.ones((1, 2, 1, 1, 70_001), dtype=np.uint8)
     e = emulate(qnet, torch.from_numpy(frames))
     np.testing.assert_array_equal(e.counts.numpy(), _reference_counts(qnet, frames))
@@ -255,7 +256,7 @@ NET_CASES = [  # random_conv_net's keywords
 def test_event_driven_conv_equals_stock_model_and_emulator(tmp_path, case, density):
     qnet = random_conv_net(30 + case, **NET_CASES[case])
     path = write_netx(qnet, tmp_path / "net.h5")
-    frames = _spikes(31 + case, 6, 10, qnet.input_shape, density)
+    frames = random_spikes(31 + case, 6, 10, qnet.input_shape, density)
     stock = simulate_lava(read_netx(path), frames, progress=False, event_driven=False)
     event = simulate_lava(read_netx(path), frames, progress=False, copies=1)
     np.testing.assert_array_equal(event.counts, stock.counts)
@@ -293,7 +294,7 @@ def test_k_copies_past_lavas_int8_conv_groups_equal_single_copies():
             p.mul_(4.0)
     qnet = quantize(model)
     assert resolve_copies(qnet, None, 100) == DEFAULT_CONV_COPIES and resolve_copies(qnet, None, 7) == 7
-    frames = _spikes(1, 30, 6, (2, 9, 8))
+    frames = random_spikes(1, 30, 6, (2, 9, 8))
     single = simulate_lava(qnet, frames, progress=False, copies=1)
     assert single.counts.sum() > 0
     np.testing.assert_array_equal(single.counts, emulate_counts(qnet, torch.from_numpy(frames)).numpy())

@@ -156,3 +156,13 @@ def test_prediction_breaks_ties_by_lowest_class_index():
     counts = torch.tensor([[0.0, 3.0, 3.0], [0.0, 0.0, 0.0], [1.0, 0.0, 2.0]])
     assert predict(counts).tolist() == [1, 0, 2]
     assert predict(counts.numpy()).tolist() == [1, 0, 2]
+
+
+def test_exact_float_is_the_narrowest_float_whose_integers_cover_the_sums():
+    from sast_deploy.functional.lif import exact_float
+
+    assert [exact_float(n) for n in (0, 2**24, 2**24 + 1, 2**53, 2**53 + 1)] == ["float32", "float32", "float64", "float64", None]
+    # the limits are tight: the next integer is the first one the type rounds
+    for name, limit in (("float32", 2**24), ("float64", 2**53)):
+        dtype = np.dtype(name).type
+        assert int(dtype(limit)) == limit and int(dtype(limit + 1)) != limit + 1

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import SMALL_SYNTHETIC
+from helpers import SMALL_SYNTHETIC, random_mlp, random_spikes, tiny_recipe
 
 CLI = [sys.executable, "-m", "sast_deploy.cli"]
 LAVA_WORKERS = 6  # process models, runtime service and shared-memory manager: at least this many children
@@ -95,11 +95,10 @@ def long_lava_run(tmp_path_factory):
     """A trained run with 320 test samples: Lava takes several seconds over them."""
     from sast_deploy.data.datasets import DataConfig, load_dataset
     from sast_deploy.training.train import train
-    from test_train import _recipe
 
     data = load_dataset(DataConfig(n_time_bins=10, synthetic={**SMALL_SYNTHETIC, "test_variants": 8}), progress=False)
     run = tmp_path_factory.mktemp("long-lava-run")
-    recipe = _recipe(**{"training.epochs": 1, "optimizer.name": "baseline", "data.synthetic.test_variants": 8})
+    recipe = tiny_recipe(**{"training.epochs": 1, "optimizer.name": "baseline", "data.synthetic.test_variants": 8})
     train(recipe, run, progress=False, data=data)
     return run
 
@@ -160,9 +159,8 @@ def test_interrupt_before_the_first_run_reaps_the_workers(tmp_path, monkeypatch,
 
     from sast_deploy.deploy.export import read_netx, write_netx
     from sast_deploy.deploy.simulate import simulate_lava
-    from test_deploy import _random_mlp, _spikes
 
-    path = write_netx(_random_mlp(0, (24, 12, 5), (300, 400), (410, 0)), tmp_path / "net.h5")
+    path = write_netx(random_mlp(0, (24, 12, 5), (300, 400), (410, 0)), tmp_path / "net.h5")
     children_before = set(multiprocessing.active_children())
 
     def interrupted(self, *args, **kwargs):
@@ -171,12 +169,13 @@ def test_interrupt_before_the_first_run_reaps_the_workers(tmp_path, monkeypatch,
     monkeypatch.setattr(AbstractProcess, "run", interrupted)
     started = time.monotonic()
     with pytest.raises(KeyboardInterrupt):
-        simulate_lava(read_netx(path), _spikes(0, 4, 10, (1, 1, 24)).astype(np.uint8), progress=False)
+        simulate_lava(read_netx(path), random_spikes(0, 4, 10, (1, 1, 24)).astype(np.uint8), progress=False)
     assert time.monotonic() - started < 30
     assert set(multiprocessing.active_children()) <= children_before
     assert lava_segments and not set(lava_segments) & _shm()
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /dev/shm")
 def test_a_stop_that_hangs_is_timed_out_and_the_workers_killed(tmp_path, monkeypatch, capsys, lava_segments):
     import multiprocessing
@@ -187,15 +186,14 @@ def test_a_stop_that_hangs_is_timed_out_and_the_workers_killed(tmp_path, monkeyp
     from sast_deploy.deploy import lava_runtime
     from sast_deploy.deploy.export import read_netx, write_netx
     from sast_deploy.deploy.simulate import simulate_lava
-    from test_deploy import _random_mlp, _spikes
 
-    path = write_netx(_random_mlp(0, (24, 12, 5), (300, 400), (410, 0)), tmp_path / "net.h5")
+    path = write_netx(random_mlp(0, (24, 12, 5), (300, 400), (410, 0)), tmp_path / "net.h5")
     children_before = set(multiprocessing.active_children())
     monkeypatch.setattr(AbstractProcess, "stop", lambda self: time.sleep(120))  # a worker that never answers STOP
     monkeypatch.setattr(lava_runtime, "STOP_TIMEOUT_S", 2.0)
     monkeypatch.setattr(lava_runtime.stop_runtime, "__defaults__", (2.0,))
     started = time.monotonic()
-    result = simulate_lava(read_netx(path), _spikes(0, 4, 10, (1, 1, 24)).astype(np.uint8), progress=False)
+    result = simulate_lava(read_netx(path), random_spikes(0, 4, 10, (1, 1, 24)).astype(np.uint8), progress=False)
     assert result.counts.shape == (4, 5) and time.monotonic() - started < 30
     assert "did not finish in 2 s" in capsys.readouterr().err
     assert set(multiprocessing.active_children()) <= children_before

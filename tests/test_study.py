@@ -9,7 +9,7 @@ from sast_deploy.training.recipe import RecipeError
 from sast_deploy.analysis.report import family_points
 from sast_deploy.analysis.study import load_study, run_study
 
-from conftest import SMALL_RECIPE_TOML
+from helpers import SMALL_RECIPE_TOML
 
 BASE = 'name = "tiny"\n' + SMALL_RECIPE_TOML + """
 [optimizer]
@@ -39,6 +39,7 @@ calibrate = "baseline"
 """
 
 
+@pytest.mark.slow
 def test_study_runs_resumes_and_reports(tmp_path, small_data):
     (tmp_path / "base.toml").write_text(BASE)
     (tmp_path / "study.toml").write_text(STUDY)

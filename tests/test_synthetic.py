@@ -35,6 +35,7 @@ def _rel(a, b):
     return abs(a - b) / abs(b)
 
 
+@pytest.mark.slow
 def test_calibrated_against_the_real_recording(reference_nmnist, generated_stats):
     ref = event_statistics(tonic.io.read_mnist_file(str(reference_nmnist), dtype=EVENT_DTYPE))
     mean = lambda key: float(np.mean([s[key] for s in generated_stats]))  # noqa: E731
@@ -60,6 +61,7 @@ def test_saccades_follow_the_triangle_with_bell_speed():
     assert speed[525] > 1.8 * speed.mean() and speed[5] < 0.05 * speed.max()
 
 
+@pytest.mark.slow
 def test_generation_is_deterministic_and_split_by_source():
     cfg = SyntheticNMNISTConfig(max_sources=30, train_variants=2, test_variants=2)
     tr1, te1 = generate_synthetic_nmnist(cfg, progress=False)

@@ -33,6 +33,7 @@ def _signed_area(path: np.ndarray) -> float:
     return 0.5 * float(np.sum(x[:-1] * y[1:] - x[1:] * y[:-1]))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_arm_circles_turn_the_way_their_class_says(seed):
     subject = draw_subject(np.random.default_rng(seed), NOISELESS)
@@ -42,6 +43,7 @@ def test_arm_circles_turn_the_way_their_class_says(seed):
         assert sense * area > 5, (GESTURE_CLASSES[label], area)
 
 
+@pytest.mark.slow
 def test_waves_are_horizontal_and_drums_vertical():
     subject = draw_subject(np.random.default_rng(0), NOISELESS)
     for label, half in ((1, "left"), (2, "right")):
@@ -90,6 +92,7 @@ def test_recordings_are_balanced_and_brighter_light_means_fewer_signal_events():
     assert counts[0] > counts[1] > counts[2]
 
 
+@pytest.mark.slow
 def test_generation_is_deterministic_and_split_by_subject():
     cfg = SyntheticGestureConfig(max_subjects=4, recordings_per_class=2, duration_ms=200.0)
     tr1, te1 = generate_synthetic_gesture(cfg, progress=False)

@@ -9,30 +9,19 @@ import torch
 import sast_deploy.training.train as train_mod
 from sast_deploy.cli import main
 from sast_deploy.training.runs import read_checkpoint
-from sast_deploy.training.recipe import RecipeError, apply_overrides, load_recipe, recipe_from_dict
+from sast_deploy.training.recipe import RecipeError, load_recipe
 from sast_deploy.errors import RunError
 from sast_deploy.training.evaluate import evaluate
 from sast_deploy.training.runs import load_run
 from sast_deploy.training.train import train
 
-from conftest import SMALL_SYNTHETIC
-
-
-def _recipe(**sets):
-    raw = {
-        "name": "tiny",
-        "data": {"n_time_bins": 10, "synthetic": SMALL_SYNTHETIC},
-        "model": {"hidden": [32], "alpha": 1.0},
-        "optimizer": {"name": "sast", "lr": 5e-3, "rho": 0.1},
-        "training": {"epochs": 2, "batch_size": 32},
-    }
-    return recipe_from_dict(apply_overrides(raw, [f"{k}={v}" for k, v in sets.items()]))
+from helpers import SMALL_SYNTHETIC, tiny_recipe
 
 
 @pytest.mark.parametrize("optimizer", ["sast", "sam", "baseline", "ste"])
 def test_every_optimizer_trains_and_writes_a_run(tmp_path, small_data, optimizer):
     _, data = small_data
-    metrics = train(_recipe(**{"optimizer.name": optimizer}), tmp_path, progress=False, data=data)
+    metrics = train(tiny_recipe(**{"optimizer.name": optimizer}), tmp_path, progress=False, data=data)
     on_disk = json.loads((tmp_path / "metrics.json").read_text())
     assert on_disk["transfer_gap_pp"] == pytest.approx(on_disk["surrogate_accuracy"] - on_disk["hard_accuracy"])
     assert len(on_disk["history"]) == 2
@@ -48,14 +37,15 @@ def test_every_optimizer_trains_and_writes_a_run(tmp_path, small_data, optimizer
 
 def test_perturb_every_k_saves_passes(tmp_path, small_data):
     _, data = small_data
-    m = train(_recipe(**{"optimizer.perturb_every": 2, "training.epochs": 1}), tmp_path, progress=False, data=data)
+    m = train(tiny_recipe(**{"optimizer.perturb_every": 2, "training.epochs": 1}), tmp_path, progress=False, data=data)
     steps = -(-len(data[0]) // 32)
     assert m["forward_backward_passes"] == 2 * ((steps + 1) // 2) + steps // 2
 
 
+@pytest.mark.slow
 def test_interrupted_run_resumes_to_the_same_weights(tmp_path, small_data, monkeypatch):
     _, data = small_data
-    recipe = _recipe(**{"training.epochs": 3})
+    recipe = tiny_recipe(**{"training.epochs": 3})
     train(recipe, tmp_path / "straight", progress=False, data=data)
 
     calls = {"n": 0}
@@ -84,9 +74,9 @@ def test_interrupted_run_resumes_to_the_same_weights(tmp_path, small_data, monke
 
 def test_checkpoint_of_another_recipe_is_refused(tmp_path, small_data):
     _, data = small_data
-    train(_recipe(**{"training.epochs": 1}), tmp_path, progress=False, data=data)
+    train(tiny_recipe(**{"training.epochs": 1}), tmp_path, progress=False, data=data)
     with pytest.raises(RunError, match="different recipe"):
-        train(_recipe(**{"training.epochs": 1, "optimizer.rho": 0.2}), tmp_path, progress=False, data=data)
+        train(tiny_recipe(**{"training.epochs": 1, "optimizer.rho": 0.2}), tmp_path, progress=False, data=data)
 
 
 def test_recipes_in_train_folder_are_valid():
@@ -149,11 +139,12 @@ def test_cli_train_and_evaluate(tmp_path, capsys):
     assert ev["transfer_gap_pp"] == pytest.approx(printed["transfer_gap_pp"])
 
 
+@pytest.mark.slow
 def test_conv_net_trains_on_event_frames(tmp_path, small_data):
     _, data = small_data
     # the default conv net (conv stride 4 -> dense -> readout, no pooling layer); in
     # surrogate-forward mode it sits near chance for the first epochs before it learns
-    recipe = _recipe(**{"model.arch": "conv", "model.hidden": "[16]", "model.conv_channels": 4, "training.epochs": 8, "optimizer.name": "baseline"})
+    recipe = tiny_recipe(**{"model.arch": "conv", "model.hidden": "[16]", "model.conv_channels": 4, "training.epochs": 8, "optimizer.name": "baseline"})
     metrics = train(recipe, tmp_path, progress=False, data=data)
     model, _, _ = load_run(tmp_path)
     assert [layer.kind for layer in model.layers] == ["conv", "dense", "dense"]
@@ -162,7 +153,7 @@ def test_conv_net_trains_on_event_frames(tmp_path, small_data):
 
 def test_rerunning_a_finished_run_rewrites_its_outputs(tmp_path, small_data):
     _, data = small_data
-    recipe = _recipe(**{"training.epochs": 1})
+    recipe = tiny_recipe(**{"training.epochs": 1})
     first = train(recipe, tmp_path, progress=False, data=data)
     (tmp_path / "metrics.json").unlink()
     again = train(recipe, tmp_path, progress=False, data=data)  # resumes after the last epoch: nothing to train
@@ -172,7 +163,7 @@ def test_rerunning_a_finished_run_rewrites_its_outputs(tmp_path, small_data):
 
 def test_history_counts_passes_and_a_checkpoint_from_before_the_count_resumes_as_unknown(tmp_path, small_data):
     _, data = small_data
-    recipe = _recipe(**{"training.epochs": 2, "optimizer.name": "baseline"})
+    recipe = tiny_recipe(**{"training.epochs": 2, "optimizer.name": "baseline"})
     first = train(recipe, tmp_path, progress=False, data=data)
     steps = -(-len(data[0]) // 32)
     assert [h["forward_backward_passes"] for h in first["history"]] == [steps, 2 * steps]  # the run so far
@@ -186,7 +177,7 @@ def test_history_counts_passes_and_a_checkpoint_from_before_the_count_resumes_as
 
 def test_runs_and_checkpoints_written_before_the_surrogate_field_load_as_arctan(tmp_path, small_data):
     _, data = small_data
-    recipe = _recipe(**{"training.epochs": 1, "optimizer.name": "baseline"})
+    recipe = tiny_recipe(**{"training.epochs": 1, "optimizer.name": "baseline"})
     train(recipe, tmp_path, progress=False, data=data)
     for name in ("model.pt", "checkpoint.pt"):  # as main wrote them before model.surrogate existed
         blob = torch.load(tmp_path / name, weights_only=True)
@@ -202,6 +193,7 @@ def test_runs_and_checkpoints_written_before_the_surrogate_field_load_as_arctan(
     assert load_run(tmp_path)[1] == old
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("recipe, generated, synthetic", [
     ("nmnist.toml", "synthetic-nmnist", SMALL_SYNTHETIC),
     ("dvsgesture.toml", "synthetic-gesture", {"max_subjects": 3, "recordings_per_class": 1, "duration_ms": 300.0}),

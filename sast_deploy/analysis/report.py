@@ -3,6 +3,7 @@ figures, from the run directories a study wrote. ``report.md``, ``report.json`` 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import statistics
 from pathlib import Path
@@ -13,8 +14,8 @@ import numpy as np
 
 from ..errors import RunError
 from ..fileio import atomic_write_bytes, atomic_write_text, read_json
-from .study import Method
-from ..validation import file_data, output_data, validated
+from .study import read_index, run_dir
+from ..validation import output_data, validated
 
 SHARPNESS_RHO = 0.05  # perturbation norm of the sharpness estimate (weight units), the same for all runs
 DIAGNOSTICS_VERSION = 2  # 2: margins in surrogate mode too, band fractions; older caches are recomputed
@@ -27,18 +28,6 @@ def _ms(values) -> tuple:
     if not values:
         return (float("nan"), float("nan"))
     return (statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0)
-
-
-@file_data
-@dataclass(frozen=True)
-class StudyIndex:
-    """study.json, as :func:`sast_deploy.analysis.study.run_study` writes it."""
-
-    name: str
-    base: str
-    seeds: Tuple[int, ...]
-    lava_samples: int
-    methods: Tuple[Method, ...]
 
 
 @output_data
@@ -80,13 +69,12 @@ def collect(study_dir: str | Path, diagnostics: bool = True) -> Dict[str, object
     from ..training.runs import load_run
 
     study_dir = Path(study_dir)
-    index = read_json(study_dir / "study.json", "study index")
-    validated(StudyIndex, index, str(study_dir / "study.json"), RunError)
+    index = read_index(study_dir)
     methods = {}
-    for m in index["methods"]:
+    for m in index.methods:
         runs = []
-        for seed in index["seeds"]:
-            d = study_dir / m["name"] / f"seed{seed}"
+        for seed in index.seeds:
+            d = run_dir(study_dir, m.name, seed)
             if not (d / "compare.json").exists():
                 continue  # not finished: the report covers what exists
             model, recipe, metrics = load_run(d)
@@ -106,10 +94,10 @@ def collect(study_dir: str | Path, diagnostics: bool = True) -> Dict[str, object
                 run["diagnostics"] = json.loads(cache.read_text())
             runs.append(run)
         if runs:
-            methods[m["name"]] = runs
+            methods[m.name] = runs
     if not methods:
         raise RunError(f"{study_dir}: no finished runs (run sast-deploy study first)")
-    return {"study": index, "methods": methods}
+    return {"study": dataclasses.asdict(index), "methods": methods}
 
 
 def summarize(data: Dict[str, object]) -> List[Dict[str, object]]:

@@ -11,11 +11,12 @@ every run sees the same corrupted samples.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, Iterator, List, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -78,13 +79,27 @@ def split_events(cfg: DataConfig) -> Tuple[List[np.ndarray], torch.Tensor]:
 def corrupted_frames(events: Sequence[np.ndarray], cfg: DataConfig, name: str, severity: float, seed: int = 0) -> torch.Tensor:
     durations = [(e["t"].max() - e["t"].min()) * 1e-6 for e in events if len(e)]
     transform = corruption(name, severity, cfg.spec.sensor_size, float(np.mean(durations)) if durations else 0.0, seed)
-    np.random.seed(seed)  # tonic's transforms draw from numpy's global generator
     corrupted = []
-    for i, e in enumerate(events):
-        if isinstance(transform, FlipPolarity):
-            transform = FlipPolarity(transform.p, seed + i)
-        corrupted.append(transform(e))
+    with numpy_global_seed(seed):
+        for i, e in enumerate(events):
+            if isinstance(transform, FlipPolarity):
+                transform = FlipPolarity(transform.p, seed + i)
+            corrupted.append(transform(e))
     return torch.from_numpy(events_to_frames(corrupted, cfg, f"{name} {severity}", progress=False))
+
+
+@contextlib.contextmanager
+def numpy_global_seed(seed: int) -> Iterator[None]:
+    """numpy's global generator seeded with ``seed`` inside, the caller's state restored after.
+    tonic's DropEvent, UniformNoise and TimeJitter draw from the global generator and accept no
+    Generator of their own; rewriting them around one would duplicate tonic and change every
+    corrupted sample, so they get a seeded global state that does not leak out."""
+    state = np.random.get_state()
+    np.random.seed(seed)
+    try:
+        yield
+    finally:
+        np.random.set_state(state)
 
 
 def robustness(run_dirs: Sequence[str | Path], seed: int = 0, progress: bool = True) -> Dict[str, object]:

@@ -20,13 +20,15 @@ Runs live in ``OUT/<method>/seed<k>``; a study interrupted mid-way continues wit
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
 
 from ..training.recipe import RecipeError, load_recipe, read_toml
-from ..fileio import atomic_write_text
+from ..errors import RunError
+from ..fileio import atomic_write_text, read_json
 from ..validation import file_data, validated
 
 
@@ -79,8 +81,35 @@ def load_study(path: str | Path) -> Study:
     return Study(raw.name or path.stem, base, raw.seeds, raw.lava_samples, tuple(methods))
 
 
-def run_dir(out: Path, method: str, seed: int) -> Path:
+def run_dir(out: str | Path, method: str, seed: int) -> Path:
+    """Where a study in ``out`` keeps the run of ``method`` at ``seed`` (the report reads it there)."""
     return Path(out) / method / f"seed{seed}"
+
+
+INDEX_FILE = "study.json"
+
+
+@file_data
+@dataclass(frozen=True)
+class StudyIndex:
+    """``OUT/study.json``: the study as :func:`run_study` ran it, for the report to read back."""
+
+    name: str
+    base: str
+    seeds: Tuple[int, ...]
+    lava_samples: int
+    methods: Tuple[Method, ...]
+
+
+def write_index(out: Path, study: Study) -> None:
+    index = StudyIndex(study.name, str(study.base), study.seeds, study.lava_samples, study.methods)
+    atomic_write_text(Path(out) / INDEX_FILE, json.dumps(dataclasses.asdict(index), indent=2) + "\n")
+
+
+def read_index(study_dir: str | Path) -> StudyIndex:
+    """A study folder's ``study.json``, validated; a missing or malformed one is a RunError naming it."""
+    path = Path(study_dir) / INDEX_FILE
+    return validated(StudyIndex, read_json(path, "study index"), str(path), RunError)
 
 
 def run_study(study: Study, out: str | Path, progress: bool = True, log=print,
@@ -96,9 +125,7 @@ def run_study(study: Study, out: str | Path, progress: bool = True, log=print,
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "study.json", json.dumps({
-        "name": study.name, "base": str(study.base), "seeds": list(study.seeds), "lava_samples": study.lava_samples,
-        "methods": [{"name": m.name, "set": list(m.set), "calibrate": m.calibrate} for m in study.methods]}, indent=2) + "\n")
+    write_index(out, study)
     done = []
     for seed in [s for s in study.seeds if seeds is None or s in seeds]:
         for m in study.methods:

@@ -25,9 +25,9 @@ from ..lock import run_lock
 from ..training.model import SpikingNet, predict
 from .quantize import Loihi2Spec, QuantizedNet, load_spec, quantize
 from .simulate import SimulationResult, simulate_lava
-from ..distributed import distributed_context, is_rank_zero
+from ..distributed import distributed_context, is_rank_zero, rank_bounds
 from ..errors import RunError
-from ..training.evaluate import accuracy_pct, output_counts
+from ..training.evaluate import accuracy_pct, fraction, output_counts
 from ..training.runs import load_run
 
 
@@ -92,9 +92,9 @@ def _emulate_and_simulate(qnet: QuantizedNet, test: FrameDataset, lava_idx: np.n
     """This rank's slices (of the test split for the emulator, of ``lava_idx`` for Lava), then,
     under torchrun, every rank's: the emulation of the full test split and Lava's results in
     sample order."""
-    lo, hi = _shard(len(test), rank, world)
+    lo, hi = rank_bounds(len(test), rank, world)
     emulation = emulate(qnet, test.frames_at(range(lo, hi)), progress=progress and rank == 0)
-    lo, hi = _shard(len(lava_idx), rank, world)
+    lo, hi = rank_bounds(len(lava_idx), rank, world)
     part = (simulate_lava(qnet, test.frames_at(lava_idx[lo:hi]).numpy(), progress=progress and rank == 0, copies=copies)
             if hi > lo else None)
     if world > 1:
@@ -120,10 +120,10 @@ def _accuracies(model: SpikingNet, test: FrameDataset, emu: torch.Tensor, lava_i
         "emulator_accuracy_lava_subset": accuracy_pct(emu_sub, y_sub),
         "lava_accuracy": accuracy_pct(lava, y_sub),
         "quantization_gap_pp": accuracy_pct(hard_sub, y_sub) - accuracy_pct(lava, y_sub),
-        "lava_emulator_agreement": float((lava == emu_sub).all(dim=1).float().mean()),
-        "lava_emulator_prediction_agreement": float((predict(lava) == predict(emu_sub)).float().mean()),
-        "lava_hard_prediction_agreement": float((predict(lava) == predict(hard_sub)).float().mean()),
-        "emulator_hard_count_agreement": float((emu == hard).all(dim=1).float().mean()),
+        "lava_emulator_agreement": fraction((lava == emu_sub).all(dim=1)),
+        "lava_emulator_prediction_agreement": fraction(predict(lava) == predict(emu_sub)),
+        "lava_hard_prediction_agreement": fraction(predict(lava) == predict(hard_sub)),
+        "emulator_hard_count_agreement": fraction((emu == hard).all(dim=1)),
     }
 
 
@@ -135,11 +135,6 @@ def _lava_speed(parts: List[SimulationResult], n_samples: int) -> Dict[str, floa
         "lava_compile_seconds": max(p.compile_seconds for p in parts),
         "lava_copies_per_graph": max(p.copies for p in parts),
     }
-
-
-def _shard(n: int, rank: int, world: int):
-    per = -(-n // world)
-    return min(n, rank * per), min(n, (rank + 1) * per)
 
 
 def _gather(obj, world: int) -> list:

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..functional.lif import LOIHI_STATE_BITS, lif_step_fixed_point
+from ..functional.lif import LOIHI_STATE_BITS, exact_float, lif_step_fixed_point
 from .netx_weights import netx_dense_weights
 from .quantize import QuantizationError, QuantizedLayer, QuantizedNet
 
@@ -31,14 +31,12 @@ def _wrap(x: torch.Tensor, bits: int) -> torch.Tensor:
 
 
 def exact_float_dtype(worst_sum: int, layer: str = "layer") -> torch.dtype:
-    """The narrowest float type in which every sum of integers whose magnitudes add up to at
-    most ``worst_sum`` is exact, in any order: float32 represents every integer up to 2^24
-    exactly, float64 every integer up to 2^53, so no partial sum is ever rounded."""
-    if worst_sum <= 1 << 24:
-        return torch.float32
-    if worst_sum <= 1 << 53:
-        return torch.float64
-    raise QuantizationError(f"{layer}: sums up to {worst_sum} exceed float64's exact integers")
+    """:func:`sast_deploy.functional.lif.exact_float` as a torch dtype (float32 up to 2^24,
+    float64 up to 2^53); beyond, a QuantizationError naming ``layer``."""
+    name = exact_float(worst_sum)
+    if name is None:
+        raise QuantizationError(f"{layer}: sums up to {worst_sum} exceed float64's exact integers")
+    return getattr(torch, name)
 
 
 class _DenseSynapse:

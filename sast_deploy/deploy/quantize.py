@@ -27,13 +27,13 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
+from ..configs import default_spec_path
 from ..errors import SastDeployError
 from ..functional.lif import (LOIHI_ACT_SHIFT, LOIHI_DECAY_UNITY, LOIHI_STATE_BITS, LOIHI_VTH_BITS, LOIHI_WEIGHT_BITS,
                              decay_to_fixed_point)
 from ..training.model import SpikingNet, non_finite_parameters
 from ..validation import file_data, validated
 
-DEFAULT_SPEC = Path(__file__).resolve().parents[2] / "export" / "loihi2.toml"
 
 class QuantizationError(SastDeployError, ValueError):
     """The network cannot be represented on the target; the message names the layer and field."""
@@ -76,7 +76,8 @@ def load_spec(path: Optional[str | Path] = None) -> Loihi2Spec:
     absent). A named file that does not exist is an error, never silently the default."""
     if path:
         return Loihi2Spec.from_toml(path)
-    return Loihi2Spec.from_toml(DEFAULT_SPEC) if DEFAULT_SPEC.is_file() else Loihi2Spec()
+    default = default_spec_path()  # export/loihi2.toml as the package ships it
+    return Loihi2Spec.from_toml(default) if default.is_file() else Loihi2Spec()
 
 
 @dataclass

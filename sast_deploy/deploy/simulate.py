@@ -20,6 +20,7 @@ from typing import Any, Optional
 
 import numpy as np
 
+from ..configs import default_hardware_path
 from ..errors import SastDeployError
 from .export import write_netx
 from .lava_runtime import lava_runtime
@@ -29,9 +30,6 @@ from ..validation import file_data, validated
 
 class SimulationError(SastDeployError, ValueError):
     """The simulation cannot run as asked; the message names the file or value."""
-
-
-HARDWARE_DIR = Path(__file__).resolve().parents[2] / "hardware"
 
 
 @file_data
@@ -53,7 +51,7 @@ class SimulatorConfig:
     def load(cls, path: Optional[str | Path] = None) -> "SimulatorConfig":
         from ..training.recipe import RecipeError, read_toml
 
-        default = HARDWARE_DIR / "lava-sim.toml"
+        default = default_hardware_path()
         path = Path(path) if path else default
         if path == default and not path.is_file():
             return cls()

@@ -35,7 +35,7 @@ and the spike mode is an argument of the step, not a parameter.
 from __future__ import annotations
 
 import math
-from typing import Callable, Dict, NamedTuple, Tuple
+from typing import Callable, Dict, NamedTuple, Optional, Tuple
 
 import torch
 from norse.torch.functional.reset import reset_value
@@ -189,6 +189,16 @@ LOIHI_WEIGHT_BITS = 8  # signed weight mantissa
 # and the layer goes silent. K copies of a layer in one graph have K times its groups, which
 # is why they run on sast_deploy.deploy.lava.models.PyEventConvModel (int32 groups).
 LAVA_MAX_CONV_GROUPS = 127
+# every integer of magnitude up to these is a float32 (24-bit significand), a float64 (53-bit)
+FLOAT_EXACT_INTEGERS = {"float32": 1 << 24, "float64": 1 << 53}
+
+
+def exact_float(worst_sum: int) -> Optional[str]:
+    """The narrowest float type ("float32" or "float64") in which every sum of integers whose
+    magnitudes add up to at most ``worst_sum`` is exact in any order (no partial sum is ever
+    rounded); None when float64 is not enough. The emulator and Lava's event-driven models
+    sum integer weights in it."""
+    return next((name for name, limit in FLOAT_EXACT_INTEGERS.items() if worst_sum <= limit), None)
 
 
 def decay_to_fixed_point(beta: float) -> int:

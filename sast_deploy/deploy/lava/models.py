@@ -49,6 +49,7 @@ from lava.proc.dense.models import AbstractPyDenseModelBitAcc
 from lava.proc.dense.process import Dense
 
 from ..conv_scatter import ScatterTable, lava_conv_table
+from ...functional.lif import exact_float
 from ..netx_weights import stored_weights
 from .process import CopiesDense, CopiesDenseBlock, CopiesNetwork
 
@@ -59,10 +60,6 @@ __all__ = ["CopiesDense", "CopiesDenseBlock", "CopiesNetwork", "CopiesProduct", 
 # all K * n_in inputs) rather than the event path (one weight-row copy per input spike):
 # the crossover measured in the README, "Simulation speed".
 DENSE_PATH_MIN_DENSITY = 1 / 50
-
-# float32 represents every integer of magnitude <= 2^24 exactly, so a float32 sum of
-# integers whose absolute values add up to at most 2^24 is exact in any order.
-FLOAT32_EXACT_INTEGERS = 1 << 24
 
 
 class CopiesProduct:
@@ -83,8 +80,8 @@ class CopiesProduct:
         self.n_out, self.n_in = w.shape
         self.columns = np.ascontiguousarray(w.T)  # [n_in, n_out]: column j of w is row j
         worst_sum = self.n_in * int(np.abs(w).max(initial=0))
-        exact_dtype = np.float32 if worst_sum <= FLOAT32_EXACT_INTEGERS else np.float64
-        self.float_columns = self.columns.astype(exact_dtype)
+        # beyond float64's exact integers (no 8-bit layer gets there) numpy's int64 product is exact too
+        self.float_columns = self.columns.astype(exact_float(worst_sum) or np.int64)
 
     def __call__(self, spikes: np.ndarray, graded: bool = False) -> np.ndarray:
         """``spikes`` [K * n_in]: binary (any non-zero is a spike, as in the stock model) or,
