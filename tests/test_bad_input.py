@@ -2,6 +2,7 @@
 the field, exit code 2, no traceback, no code run from a file and no half-written output."""
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -347,3 +348,46 @@ def test_write_dataset_never_overwrites(tmp_path, capsys):
     assert code == 2 and "NMNIST: already exists" in err
     code, err = _cli(capsys, "write-dataset", "synthetic-nmnist", "--out", tmp_path / "x", "--train", "10")
     assert code == 2 and "--train and --test" in err and not (tmp_path / "x" / "NMNIST").exists()
+
+
+# --- issue 20 ------------------------------------------------------------------------------
+# 1. the run-directory lock never follows a link and never empties a file that is not its own
+
+
+@pytest.mark.parametrize("command", ["compare", "train"])
+def test_a_symlinked_lock_is_refused_and_its_target_unchanged(run, recipe_file, tmp_path, capsys, command):
+    target = tmp_path / "important.txt"
+    target.write_text("precious\n")
+    (run / ".lock").unlink(missing_ok=True)
+    (run / ".lock").symlink_to(target)
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file() and not p.is_symlink()}
+    argv = (["compare", run, "--samples", "4"] if command == "compare"
+            else ["train", "--config", recipe_file, "--out", run])
+    code, err = _cli(capsys, *argv, "--quiet")
+    assert code == 2 and ".lock: is a symbolic link" in err
+    assert target.read_text() == "precious\n" and (run / ".lock").is_symlink()
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file() and not p.is_symlink()} == before
+
+
+@pytest.mark.parametrize("make,message", [
+    (lambda lock, other: os.link(other, lock), "has 2 names (hard links)"),
+    (lambda lock, other: os.mkfifo(lock), "is not a plain file"),
+    (lambda lock, other: lock.mkdir(), "cannot open the lock file"),
+    (lambda lock, other: lock.write_text("my notes\n"), "holds something other than a sast-deploy lock line"),
+])
+def test_a_lock_file_that_is_not_ours_is_refused_untouched(tmp_path, make, message):
+    run_dir, other = tmp_path / "run", tmp_path / "notes.txt"
+    run_dir.mkdir()
+    other.write_text("my notes\n")
+    make(run_dir / ".lock", other)
+    with pytest.raises(RunError, match=r"\.lock: " + re.escape(message)):
+        with run_lock(run_dir, "train"):
+            pass
+    assert other.read_text() == "my notes\n"
+
+
+def test_a_stale_lock_line_of_ours_is_reused(tmp_path):
+    (tmp_path / ".lock").write_text("sast-deploy train (pid 1)\n")
+    with run_lock(tmp_path, "compare"):
+        assert (tmp_path / ".lock").read_text() == f"sast-deploy compare (pid {os.getpid()})\n"
+    assert (tmp_path / ".lock").read_text() == ""
