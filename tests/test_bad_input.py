@@ -391,3 +391,31 @@ def test_a_stale_lock_line_of_ours_is_reused(tmp_path):
     with run_lock(tmp_path, "compare"):
         assert (tmp_path / ".lock").read_text() == f"sast-deploy compare (pid {os.getpid()})\n"
     assert (tmp_path / ".lock").read_text() == ""
+
+
+# 2. a study's method names are folder names, never paths
+
+
+def _tree(root):
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*"))
+
+
+@pytest.mark.parametrize("method", [
+    'name = "../../escape"', 'name = "/tmp/sast-deploy-escape"', 'name = ""', 'name = "."', 'name = "a/b"',
+    'name = "x..y"', 'name = "-rf"', 'name = "ok"\n[[method]]\nname = "c"\ncalibrate = "../ok"',
+])
+def test_study_method_names_that_are_paths_are_refused(tmp_path, recipe_file, capsys, method):
+    study = tmp_path / "study.toml"
+    study.write_text(f'base = "{recipe_file.name}"\nseeds = [0]\nlava_samples = 4\n[[method]]\n{method}\n')
+    before = _tree(tmp_path)
+    code, err = _cli(capsys, "study", study, "--out", tmp_path / "out", "--quiet")
+    assert code == 2 and "study.toml: " in err and "must be 1 to 100 letters, digits" in err
+    assert _tree(tmp_path) == before and not os.path.exists("/tmp/sast-deploy-escape")
+
+
+def test_report_refuses_a_study_index_whose_method_is_a_path(run, tmp_path, capsys):
+    study = _study(tmp_path, run)
+    (study / "study.json").write_text('{"name": "s", "base": "b.toml", "seeds": [0], "lava_samples": 8, '
+                                      '"methods": [{"name": "../../baseline", "set": [], "calibrate": ""}]}')
+    code, err = _cli(capsys, "report", study, "--out", tmp_path / "report", "--no-diagnostics")
+    assert code == 2 and "study.json: method.name must be" in err and not (tmp_path / "report").exists()

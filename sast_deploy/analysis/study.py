@@ -14,13 +14,15 @@ A study file (``train/study-*.toml``)::
     name = "baseline-calibrated"
     calibrate = "baseline"      # post-hoc threshold calibration of that method's runs
 
-Runs live in ``OUT/<method>/seed<k>``; a study interrupted mid-way continues with the runs
+Runs live in ``OUT/<method>/seed<k>``, so a method name is a slug (letters, digits, '.', '_'
+and '-', starting with a letter or digit, no '..'): never a path out of ``OUT``. A study interrupted mid-way continues with the runs
 (and epochs) it lacks when started again.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
@@ -30,12 +32,28 @@ from ..fileio import atomic_write_text
 from ..validation import file_data, validated
 
 
+SLUG = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+
+
+def check_slug(value: str, field: str) -> None:
+    """A ValueError naming ``field`` unless ``value`` is a slug (one path component of at most 100
+    characters that cannot leave its folder)."""
+    if not SLUG.fullmatch(value) or ".." in value:
+        raise ValueError(f"{field} must be 1 to 100 letters, digits, '.', '_' or '-', starting with a letter or digit "
+                         f"and without '..' (it names a folder), got {value!r}")
+
+
 @file_data
 @dataclass(frozen=True)
 class Method:
-    name: str
+    name: str  # a slug: the method's runs live in OUT/<name>/seed<k>
     set: Tuple[str, ...] = ()
     calibrate: str = ""  # name of the method whose runs are threshold-calibrated
+
+    def __post_init__(self):
+        check_slug(self.name, "method.name")
+        if self.calibrate:
+            check_slug(self.calibrate, f"method {self.name!r}: calibrate")
 
 
 @file_data
