@@ -1,6 +1,7 @@
 """Hostile but fair input: every case of issue 12 gets one line on stderr naming the file and
 the field, exit code 2, no traceback, no code run from a file and no half-written output."""
 
+import json
 import os
 import re
 import shutil
@@ -419,3 +420,41 @@ def test_report_refuses_a_study_index_whose_method_is_a_path(run, tmp_path, caps
                                       '"methods": [{"name": "../../baseline", "set": [], "calibrate": ""}]}')
     code, err = _cli(capsys, "report", study, "--out", tmp_path / "report", "--no-diagnostics")
     assert code == 2 and "study.json: method.name must be" in err and not (tmp_path / "report").exists()
+
+
+# 3. calibrate never overwrites a trained run
+
+
+def _files(folder):
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+@pytest.mark.parametrize("onto", ["itself", "itself-by-another-path", "another-run", "model-only"])
+def test_calibrate_onto_a_run_is_refused_and_its_files_unchanged(run, tmp_path, capsys, onto):
+    other = shutil.copytree(run, tmp_path / "other")
+    out = {"itself": run, "itself-by-another-path": tmp_path / "." / "run" / ".." / "run", "another-run": other,
+           "model-only": other}[onto]
+    if onto == "model-only":
+        (other / "checkpoint.pt").unlink()
+        (other / "metrics.json").unlink()
+    before = {d: _files(d) for d in (run, other)}
+    code, err = _cli(capsys, "calibrate", run, "--out", out, "--quiet")
+    assert code == 2 and ("--out is the source run itself" in err if onto.startswith("itself")
+                          else "refusing to overwrite it" in err), err
+    assert {d: _files(d) for d in (run, other)} == before
+
+
+def test_calibrate_replaces_only_an_earlier_calibration_of_the_same_source(run, tmp_path):
+    from sast_deploy.training.calibrate import check_calibration_target
+
+    cal = shutil.copytree(run, tmp_path / "cal")
+    (cal / "checkpoint.pt").unlink()
+    metrics = json.loads((cal / "metrics.json").read_text())
+    (cal / "metrics.json").write_text(json.dumps({**metrics, "calibrated_from": str(run)}))
+    check_calibration_target(run, cal)  # an earlier calibration of this run: replaced
+    check_calibration_target(run, tmp_path / "new")  # nothing there yet
+    with pytest.raises(RunError, match="not an earlier calibration of"):
+        check_calibration_target(tmp_path / "elsewhere", cal)
+    (cal / "checkpoint.pt").write_bytes(b"")  # calibrate never writes one: a trained run
+    with pytest.raises(RunError, match="refusing to overwrite it"):
+        check_calibration_target(run, cal)
