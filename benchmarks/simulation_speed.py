@@ -85,8 +85,9 @@ def main(argv=None) -> int:
     rows: List[Tuple[str, float, np.ndarray]] = [("Lava, stock Dense model, K=1", stock.samples_per_s, stock.counts)]
     print(f"  (stock Lava compiled in {stock.compile_seconds:.1f} s; output spikes per sample {stock.counts.sum(1).mean():.1f})", flush=True)
     for k in [1] + [int(c) for c in args.copies.split(",") if c]:
-        if k > copies_limit(qnet):
-            print(f"  (K={k} skipped: this network's conv groups allow at most {copies_limit(qnet)} copies per graph)")
+        limit = copies_limit(qnet)  # None: no conv layers, no cap
+        if limit is not None and k > limit:
+            print(f"  (K={k} skipped: this network's conv groups allow at most {limit} copies per graph)")
             continue
         res = simulate_lava(qnet, frames.numpy(), progress=False, copies=k)
         rows.append((f"Lava, event-driven Dense, K={k}", res.samples_per_s, res.counts))

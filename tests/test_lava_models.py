@@ -184,3 +184,17 @@ def test_copies_stop_at_lavas_int8_conv_groups():
     assert res.copies == 25
     emu = emulate_counts(qnet, torch.from_numpy(frames)).numpy()
     assert emu.sum() > 0 and np.array_equal(res.counts, emu)
+
+
+def test_dense_only_networks_have_no_copies_cap():
+    """Issue 20, case 19: the int8 conv-groups cap concerns conv layers only; dense copies share
+    one weight block, so an MLP takes more than 127 copies (and Lava equals the emulator)."""
+    from sast_deploy.deploy.simulate import DEFAULT_COPIES, copies_limit, resolve_copies
+
+    qnet = _random_mlp(0, (24, 12, 5), (300, 400), (410, 0))
+    assert copies_limit(qnet) is None
+    assert resolve_copies(qnet, 200, 300) == 200 and resolve_copies(qnet, None, 300) == DEFAULT_COPIES
+    frames = _spikes(0, 140, 10, (1, 1, 24))
+    res = simulate_lava(qnet, frames, progress=False, copies=135)
+    assert res.copies == 135
+    np.testing.assert_array_equal(res.counts, emulate_counts(qnet, torch.from_numpy(frames)).numpy())

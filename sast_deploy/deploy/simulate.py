@@ -111,12 +111,15 @@ DEFAULT_COPIES = 32
 
 
 def _max_conv_groups(qnet: QuantizedNet) -> int:
-    return max((q.groups for q in qnet.layers if q.kind != "dense"), default=1)
+    return max((q.groups for q in qnet.layers if q.kind != "dense"), default=0)
 
 
-def copies_limit(qnet: QuantizedNet) -> int:
-    """The most copies of ``qnet`` one Lava graph holds (:data:`LAVA_MAX_CONV_GROUPS`)."""
-    return max(1, LAVA_MAX_CONV_GROUPS // _max_conv_groups(qnet))
+def copies_limit(qnet: QuantizedNet) -> Optional[int]:
+    """The most copies of ``qnet`` one Lava graph holds (:data:`LAVA_MAX_CONV_GROUPS` over its
+    largest conv layer's groups), or None for a network without conv layers: dense copies share
+    one weight block (:class:`sast_deploy.deploy.lava.models.CopiesDense`), so no such cap applies."""
+    groups = _max_conv_groups(qnet)
+    return max(1, LAVA_MAX_CONV_GROUPS // groups) if groups else None
 
 
 def resolve_copies(qnet: QuantizedNet, copies: Optional[int], n_samples: int) -> int:
@@ -124,10 +127,10 @@ def resolve_copies(qnet: QuantizedNet, copies: Optional[int], n_samples: int) ->
     than there are samples and than the network's conv groups allow."""
     limit = copies_limit(qnet)
     if copies is None:
-        return max(1, min(DEFAULT_COPIES, limit, n_samples))
+        return max(1, min(DEFAULT_COPIES, limit or DEFAULT_COPIES, n_samples))
     if copies < 1:
         raise SimulationError(f"copies must be >= 1, got {copies}")
-    if copies > limit:
+    if limit is not None and copies > limit:
         raise SimulationError(f"copies = {copies}: a layer of this network has {_max_conv_groups(qnet)} conv groups "
                               f"and Lava's Conv model holds groups as int8 (<= {LAVA_MAX_CONV_GROUPS}), "
                               f"so at most {limit} copies fit in one graph")
