@@ -458,3 +458,27 @@ def test_calibrate_replaces_only_an_earlier_calibration_of_the_same_source(run, 
     (cal / "checkpoint.pt").write_bytes(b"")  # calibrate never writes one: a trained run
     with pytest.raises(RunError, match="refusing to overwrite it"):
         check_calibration_target(run, cal)
+
+
+# 17. a negative count is an error, not "all"
+
+
+@pytest.mark.parametrize("argv", [["simulate", "n.h5", "--run", "r", "--samples", "-1"],
+                                  ["compare", "r", "--samples", "-1"], ["demo", "--lava-samples", "-5"]])
+def test_negative_counts_are_refused_by_the_parser(tmp_path, capsys, argv):
+    with pytest.raises(SystemExit) as exit_:
+        main(argv + ["--out" if argv[0] != "compare" else "--quiet"] + ([str(tmp_path / "o")] if argv[0] != "compare" else []))
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and "must be >= 0 (0 = all), got -" in err and "Traceback" not in err
+    assert not (tmp_path / "o").exists()
+
+
+# 18. every input of demo is checked before the first minute of work
+
+
+def test_demo_checks_every_recipe_before_training(recipe_file, tmp_path, capsys):
+    out = tmp_path / "demo"
+    code, err = _cli(capsys, "demo", "--config", recipe_file, "--beside", tmp_path / "nonexist.toml",
+                     "--lava-samples", "0", "--out", out)
+    assert code == 2 and "nonexist.toml" in err
+    assert not out.exists()  # nothing trained
