@@ -120,7 +120,7 @@ def cmd_simulate(args) -> int:
     qnet = read_netx(args.net)
     _, recipe, _ = load_run(args.run)
     _, test = load_dataset(recipe.data, progress=not args.quiet)
-    check_input(qnet, test, Path(args.net))
+    check_input(qnet, test, Path(args.net), recipe.data.spec.n_classes)
     idx = stratified_subset(test.labels.numpy(), args.samples, recipe.data.subset_seed)  # all when --samples 0
     from .deploy.simulate import SimulatorConfig
 

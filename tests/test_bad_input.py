@@ -482,3 +482,24 @@ def test_demo_checks_every_recipe_before_training(recipe_file, tmp_path, capsys)
                      "--lava-samples", "0", "--out", out)
     assert code == 2 and "nonexist.toml" in err
     assert not out.exists()  # nothing trained
+
+
+# 7. simulate checks the network's outputs against the run's classes
+
+
+@pytest.mark.parametrize("outputs", [20, 5])
+def test_simulate_refuses_a_network_whose_outputs_are_not_the_runs_classes(run, tmp_path, capsys, outputs):
+    import dataclasses
+
+    from sast_deploy.deploy.export import write_netx
+    from sast_deploy.deploy.quantize import QuantizedNet
+
+    qnet = read_netx(_exported(run, tmp_path))
+    capsys.readouterr()
+    last = qnet.layers[-1]
+    weight = np.resize(last.weight, (outputs,) + last.weight.shape[1:])  # rows repeated or cut
+    layers = [*qnet.layers[:-1], dataclasses.replace(last, weight=weight, out_shape=(outputs,))]
+    path = write_netx(QuantizedNet(layers, qnet.input_shape, outputs, qnet.spec), tmp_path / f"net{outputs}.h5")
+    code, err = _cli(capsys, "simulate", path, "--run", run, "--samples", "4", "--quiet", "--out", tmp_path / "s.json")
+    assert code == 2 and f"net{outputs}.h5: the network has {outputs} output neurons, the run's dataset has 10 classes" in err
+    assert not (tmp_path / "s.json").exists()
