@@ -1,6 +1,7 @@
 """Hostile but fair input: every case of issue 12 gets one line on stderr naming the file and
 the field, exit code 2, no traceback, no code run from a file and no half-written output."""
 
+import errno
 import json
 import os
 import re
@@ -503,3 +504,33 @@ def test_simulate_refuses_a_network_whose_outputs_are_not_the_runs_classes(run, 
     code, err = _cli(capsys, "simulate", path, "--run", run, "--samples", "4", "--quiet", "--out", tmp_path / "s.json")
     assert code == 2 and f"net{outputs}.h5: the network has {outputs} output neurons, the run's dataset has 10 classes" in err
     assert not (tmp_path / "s.json").exists()
+
+
+# 6. a full disk while saving is one line naming the file, and no temporary file is left
+
+
+def _torch_save_on_a_full_disk(kind):
+    """torch.save as it fails on a full disk: some bytes written, then the error torch raises
+    (a RuntimeError, and another while it closes the file) or the OSError of a plain writer."""
+    def save(obj, f):
+        with open(f, "wb") as out:
+            out.write(b"PK\x03\x04 partial")
+        if kind == "oserror":
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        try:
+            raise RuntimeError("[enforce fail at inline_container.cc:764] . PytorchStreamWriter failed writing file data/0: "
+                               "file write failed")
+        finally:
+            raise RuntimeError("[enforce fail at inline_container.cc:595] . unexpected pos 2688 vs 2582")
+    return save
+
+
+@pytest.mark.parametrize("kind,reason", [("oserror", "No space left on device"),
+                                         ("torch", "PytorchStreamWriter failed writing file data/0: file write failed")])
+def test_a_full_disk_while_training_is_one_line_and_leaves_no_temporary_file(recipe_file, tmp_path, capsys, monkeypatch,
+                                                                            kind, reason):
+    monkeypatch.setattr(torch, "save", _torch_save_on_a_full_disk(kind))
+    out = tmp_path / "run"
+    code, err = _cli(capsys, "train", "--config", recipe_file, "--out", out, "--quiet")
+    assert code == 2 and f"{out / 'checkpoint.pt'}: cannot write it ({reason}; " in err and "MiB free" in err
+    assert not out.exists() or [p.name for p in out.iterdir()] in ([], [".lock"])  # no temporary file, no checkpoint
