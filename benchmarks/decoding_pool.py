@@ -1,68 +1,50 @@
-"""What the decoding pool's start method costs: decoding N recordings to packed frame rows in
-this process, in a pool forked from this process (``multiprocessing.Pool``, fork: the pool
-before issue 20) and in the pool of :func:`sast_deploy.data.frames.decoded_rows` (a fork
-server's workers, ``concurrent.futures``), each in a fresh interpreter that has imported torch,
-so the fork server's start is counted every time, as a command pays it.
+"""What the decoding pool's start method costs: N recordings decoded to packed frame rows in
+this process, by :func:`sast_deploy.data.frames.decoded_rows`'s pool (fork-server workers,
+``concurrent.futures``) the first time in a process (the fork server starts: one import of
+torch and tonic) and again (it is running), and by a ``multiprocessing.Pool`` forked from this
+process (the pool before issue 20, unsafe in a process that runs threads).
 
-    python benchmarks/decoding_pool.py [--n 256,1024,4096] [--workers 2]
+    python benchmarks/decoding_pool.py [--n 2048] [--workers 2]
 
-The recordings are the small synthetic N-MNIST's (T = 30), repeated in turn up to N. Prints a
-table of wall seconds; results are in the README ("Data").
+The recordings are the small synthetic N-MNIST's (T = 30), repeated in turn up to N; torch's
+threads run, as in a command. Prints wall seconds; results are in the README ("Data").
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import subprocess
-import sys
-from pathlib import Path
+import multiprocessing
+import time
 
-REPO = Path(__file__).resolve().parents[1]
-
-BODY = r"""
-import json, multiprocessing, sys, time
-import numpy as np
 import torch
-from sast_deploy.data.datasets import DataConfig, FrameDecoder, _SampleFrames, load_synthetic_events
+
 from sast_deploy.data import frames
-
-n, workers, how = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
-cfg = DataConfig(synthetic={"max_sources": 200, "train_variants": 2, "test_variants": 1})
-train, _ = load_synthetic_events(cfg, progress=False)
-items = [(train.sample(i % len(train)), f"sample {i}") for i in range(n)]
-decode = _SampleFrames(FrameDecoder(cfg), None)
-torch.ones(64, 64) @ torch.ones(64, 64)  # torch's threads run, as in a command
-t0 = time.perf_counter()
-if how == "fork-pool":  # the pool before issue 20
-    with multiprocessing.get_context("fork").Pool(workers) as pool:
-        rows = pool.starmap(frames._decode_chunk, [(decode, items[i:i + 64]) for i in range(0, n, 64)])
-        rows = [r for part in rows for r in part]
-else:
-    frames.ROWS_PER_WORKER = 1  # time the pool itself, whatever its size rule says
-    rows = list(frames.decoded_rows(decode, items, n, workers if how == "forkserver" else 1))
-print(json.dumps({"seconds": time.perf_counter() - t0, "rows": len(rows)}))
-"""
-
-
-def timed(n: int, workers: int, how: str) -> float:
-    out = subprocess.run([sys.executable, "-c", BODY, str(n), str(workers), how], cwd=REPO, check=True,
-                         capture_output=True, text=True).stdout
-    result = json.loads(out.strip().splitlines()[-1])
-    assert result["rows"] == n
-    return result["seconds"]
+from sast_deploy.data.datasets import DECODING_MODULES, DataConfig, FrameDecoder, _SampleFrames, load_synthetic_events
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--n", default="256,1024,4096")
+    ap.add_argument("--n", type=int, default=2048)
     ap.add_argument("--workers", type=int, default=2)
     args = ap.parse_args()
-    print(f"| recordings | in process s | fork Pool ({args.workers}) s | fork server pool ({args.workers}) s |")
-    print("|---|---|---|---|")
-    for n in (int(v) for v in args.n.split(",")):
-        t = {how: timed(n, args.workers, how) for how in ("in-process", "fork-pool", "forkserver")}
-        print(f"| {n} | {t['in-process']:.2f} | {t['fork-pool']:.2f} | {t['forkserver']:.2f} |", flush=True)
+    cfg = DataConfig(synthetic={"max_sources": 200, "train_variants": 2, "test_variants": 1})
+    train, _ = load_synthetic_events(cfg, progress=False)
+    items = [(train.sample(i % len(train)), f"sample {i}") for i in range(args.n)]
+    decode = _SampleFrames(FrameDecoder(cfg), None)
+    torch.ones(64, 64) @ torch.ones(64, 64)
+    frames.ROWS_PER_WORKER = 1  # time the pool itself, whatever its size rule says
+    print(f"| {args.n} recordings | wall s |\n|---|---|")
+    for label, workers in (("in this process", 1), (f"fork-server pool ({args.workers}), first in the process", args.workers),
+                           (f"fork-server pool ({args.workers}), fork server running", args.workers)):
+        t0 = time.perf_counter()
+        rows = list(frames.decoded_rows(decode, items, args.n, workers, DECODING_MODULES))
+        print(f"| {label} | {time.perf_counter() - t0:.2f} |", flush=True)
+        assert len(rows) == args.n
+    t0 = time.perf_counter()
+    with multiprocessing.get_context("fork").Pool(args.workers) as pool:
+        parts = pool.starmap(frames._decode_chunk, [(decode, items[i:i + 64]) for i in range(0, args.n, 64)])
+    print(f"| multiprocessing.Pool ({args.workers}) forked from this process (before issue 20) | {time.perf_counter() - t0:.2f} |")
+    assert sum(len(p) for p in parts) == args.n
 
 
 if __name__ == "__main__":
