@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
 
 from ..errors import RunError, SastDeployError
-from ..training.recipe import RecipeError, canonical, load_recipe, read_toml
+from ..training.recipe import Recipe, RecipeError, canonical, load_recipe, read_toml
 from ..fileio import atomic_write_text, read_json
 from ..validation import file_data, validated
 
@@ -119,7 +119,7 @@ class PlannedRun:
     seed: int
     path: Path
     fingerprint: str
-    recipe: object = None  # the resolved Recipe of a trained method (None: a calibration)
+    recipe: Optional[Recipe] = None  # the resolved recipe of a trained method (None: a calibration)
 
 
 def plan_runs(study: Study, out: Path, seeds: Optional[Sequence[int]] = None) -> List[PlannedRun]:
