@@ -116,7 +116,7 @@ def cmd_simulate(args) -> int:
     qnet = read_netx(args.net)
     _, recipe, _ = load_run(args.run)
     _, test = load_dataset(recipe.data, progress=not args.quiet)
-    check_input(qnet, test, Path(args.net))
+    check_input(qnet, test, Path(args.net), recipe.data.spec.n_classes)
     idx = stratified_subset(test.labels.numpy(), args.samples, recipe.data.subset_seed)  # all when --samples 0
     from .deploy.simulate import SimulatorConfig
 
@@ -212,18 +212,19 @@ def cmd_demo(args) -> int:
     recipe_paths = [(_find_recipe(args.config), list(args.set))]
     if args.beside:
         recipe_paths.append((_find_recipe(args.beside), []))
+    # every recipe is read and checked before the first one trains
+    recipes = [(opt, load_recipe(path, [f"optimizer.name={opt}", *overrides]))
+               for path, overrides in recipe_paths for opt in ("baseline", "sast")]
     runs, data, data_cfg = [], None, None  # runs: (label, run dir, metrics)
-    for path, overrides in recipe_paths:
-        for opt in ("baseline", "sast"):
-            recipe = load_recipe(path, [f"optimizer.name={opt}", *overrides])
-            if recipe.data != data_cfg:
-                data, data_cfg = load_dataset(recipe.data, progress=True), recipe.data
-            m = recipe.model
-            label = (f"{recipe.name}: {m.surrogate} σ, α = {m.alpha:g}, "
-                     + (f"SAST ρ = {recipe.optimizer.rho:g}" if opt == "sast" else "baseline"))
-            run = out / recipe.name / opt
-            print(f"\n== {label} ({recipe.training.epochs} epochs) -> {run}")
-            runs.append((label, run, train(recipe, run, progress=True, data=data)))
+    for opt, recipe in recipes:
+        if recipe.data != data_cfg:
+            data, data_cfg = load_dataset(recipe.data, progress=True), recipe.data
+        m = recipe.model
+        label = (f"{recipe.name}: {m.surrogate} σ, α = {m.alpha:g}, "
+                 + (f"SAST ρ = {recipe.optimizer.rho:g}" if opt == "sast" else "baseline"))
+        run = out / recipe.name / opt
+        print(f"\n== {label} ({recipe.training.epochs} epochs) -> {run}")
+        runs.append((label, run, train(recipe, run, progress=True, data=data)))
     print(f"\nTransfer gap on {recipe.data.name} (test split, {runs[0][2]['n_test']} samples)\n")
     print("| recipe and method | surrogate acc % | hard acc % | transfer gap pp | train s |")
     print("|---|---|---|---|---|")
@@ -258,6 +259,17 @@ def cmd_write_dataset(args) -> int:
 
 
 # --- the parser: shared options as parent parsers, then one function per command -------------
+
+
+def count(text: str) -> int:
+    """An argparse type: a whole number >= 0 (a negative count is an error, not 'all')."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0 (0 = all), got {value}")
+    return value
 
 
 def _option(*names: str, **kwargs) -> argparse.ArgumentParser:
@@ -311,7 +323,7 @@ def add_demo(sub, o: Shared) -> None:
                    help=f"recipe (default train/{DEMO_RECIPE}: the regime where SAST's effect is largest); --set applies to it")
     p.add_argument("--beside", default=DEMO_ARCTAN_RECIPE, metavar="RECIPE",
                    help=f"a second recipe trained and shown beside it (default train/{DEMO_ARCTAN_RECIPE}, the arctan regime; '' for none)")
-    p.add_argument("--lava-samples", type=int, default=200, help="test samples run on Lava's simulator (0: skip deployment)")
+    p.add_argument("--lava-samples", type=count, default=200, help="test samples run on Lava's simulator (0: skip deployment)")
     p.set_defaults(func=cmd_demo)
 
 
@@ -329,7 +341,7 @@ def add_simulate(sub, o: Shared) -> None:
                        help="run an exported network on Lava's CPU simulator (Loihi2SimCfg, fixed_pt)")
     p.add_argument("net", help="netx HDF5 file")
     p.add_argument("--run", required=True, help="the run whose recipe names the dataset")
-    p.add_argument("--samples", type=int, default=500, help="test samples to run: a seeded class-stratified subset (0 = all)")
+    p.add_argument("--samples", type=count, default=500, help="test samples to run: a seeded class-stratified subset (0 = all)")
     p.add_argument("--hardware", help="simulator run config (default hardware/lava-sim.toml)")
     p.set_defaults(func=cmd_simulate)
 
@@ -338,7 +350,7 @@ def add_compare(sub, o: Shared) -> None:
     p = sub.add_parser("compare", parents=[o.spec, o.copies, o.quiet],
                        help="float vs quantized emulator vs Lava, sample by sample (compare.json, compare.md)")
     p.add_argument("run_dir")
-    p.add_argument("--samples", type=int, default=500,
+    p.add_argument("--samples", type=count, default=500,
                    help="test samples run on Lava: a seeded class-stratified subset (the emulator runs them all; 0 = all)")
     p.set_defaults(func=cmd_compare)
 

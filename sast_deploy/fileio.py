@@ -9,15 +9,23 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Tuple, Type
 
 import numpy as np
 import torch
 
-from .errors import RunError
+from .errors import RunError, SastDeployError, one_line
 
 
-def atomic_write_bytes(path: Path, write: Callable[[str], None]) -> None:
+class WriteError(SastDeployError):
+    """A file could not be written (a full disk, a quota, a read-only folder); the message names
+    the file, the reason and the free space left beside it. Nothing is left at its name."""
+
+
+def atomic_write_bytes(path: Path, write: Callable[[str], None],
+                       failures: Tuple[Type[BaseException], ...] = (OSError,)) -> None:
+    """Write ``path`` through ``write(temporary name)`` and a rename; an exception of ``failures``
+    while writing becomes a :class:`WriteError`, and the temporary file is removed."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -28,9 +36,32 @@ def atomic_write_bytes(path: Path, write: Callable[[str], None]) -> None:
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the usual permissions
         os.replace(tmp, path)
+    except failures as exc:
+        raise WriteError(f"{path}: cannot write it ({_write_failure(exc)}; {_free_space(path.parent)})") from None
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def _write_failure(exc: BaseException) -> str:
+    """The reason a write failed: the operating system's, when an OSError is in the chain, else
+    the first error raised (torch's zip writer raises a second one while closing the file)."""
+    chain = [exc]
+    while len(chain) < 8 and (chain[-1].__cause__ or chain[-1].__context__) is not None:
+        chain.append(chain[-1].__cause__ or chain[-1].__context__)
+    for e in chain:
+        if isinstance(e, OSError) and e.strerror:
+            return e.strerror
+    text = one_line(chain[-1]) or type(chain[-1]).__name__
+    return text.split("] . ", 1)[-1][:200]  # torch's messages start with the C++ source line: "[enforce fail at x.cc:764] . "
+
+
+def _free_space(folder: Path) -> str:
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        return "free space unknown"
+    return f"{free / 2**20:.1f} MiB free on its file system"
 
 
 def read_json(path: Path, what: str) -> Any:
@@ -45,7 +76,8 @@ def read_json(path: Path, what: str) -> Any:
 
 
 def atomic_torch_save(obj, path: Path) -> None:
-    atomic_write_bytes(path, lambda tmp: torch.save(obj, tmp))
+    # torch's writer reports a failed write (a full disk) as a RuntimeError, not an OSError
+    atomic_write_bytes(path, lambda tmp: torch.save(obj, tmp), failures=(OSError, RuntimeError))
 
 
 def atomic_write_text(path: Path, text: str) -> None:

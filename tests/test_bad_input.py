@@ -1,7 +1,10 @@
 """Hostile but fair input: every case of issue 12 gets one line on stderr naming the file and
 the field, exit code 2, no traceback, no code run from a file and no half-written output."""
 
+import errno
+import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -347,3 +350,187 @@ def test_write_dataset_never_overwrites(tmp_path, capsys):
     assert code == 2 and "NMNIST: already exists" in err
     code, err = _cli(capsys, "write-dataset", "synthetic-nmnist", "--out", tmp_path / "x", "--train", "10")
     assert code == 2 and "--train and --test" in err and not (tmp_path / "x" / "NMNIST").exists()
+
+
+# --- issue 20 ------------------------------------------------------------------------------
+# 1. the run-directory lock never follows a link and never empties a file that is not its own
+
+
+@pytest.mark.parametrize("command", ["compare", "train"])
+def test_a_symlinked_lock_is_refused_and_its_target_unchanged(run, recipe_file, tmp_path, capsys, command):
+    target = tmp_path / "important.txt"
+    target.write_text("precious\n")
+    (run / ".lock").unlink(missing_ok=True)
+    (run / ".lock").symlink_to(target)
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file() and not p.is_symlink()}
+    argv = (["compare", run, "--samples", "4"] if command == "compare"
+            else ["train", "--config", recipe_file, "--out", run])
+    code, err = _cli(capsys, *argv, "--quiet")
+    assert code == 2 and ".lock: is a symbolic link" in err
+    assert target.read_text() == "precious\n" and (run / ".lock").is_symlink()
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file() and not p.is_symlink()} == before
+
+
+@pytest.mark.parametrize("make,message", [
+    (lambda lock, other: os.link(other, lock), "has 2 names (hard links)"),
+    (lambda lock, other: os.mkfifo(lock), "is not a plain file"),
+    (lambda lock, other: lock.mkdir(), "cannot open the lock file"),
+    (lambda lock, other: lock.write_text("my notes\n"), "holds something other than a sast-deploy lock line"),
+])
+def test_a_lock_file_that_is_not_ours_is_refused_untouched(tmp_path, make, message):
+    run_dir, other = tmp_path / "run", tmp_path / "notes.txt"
+    run_dir.mkdir()
+    other.write_text("my notes\n")
+    make(run_dir / ".lock", other)
+    with pytest.raises(RunError, match=r"\.lock: " + re.escape(message)):
+        with run_lock(run_dir, "train"):
+            pass
+    assert other.read_text() == "my notes\n"
+
+
+def test_a_stale_lock_line_of_ours_is_reused(tmp_path):
+    (tmp_path / ".lock").write_text("sast-deploy train (pid 1)\n")
+    with run_lock(tmp_path, "compare"):
+        assert (tmp_path / ".lock").read_text() == f"sast-deploy compare (pid {os.getpid()})\n"
+    assert (tmp_path / ".lock").read_text() == ""
+
+
+# 2. a study's method names are folder names, never paths
+
+
+def _tree(root):
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*"))
+
+
+@pytest.mark.parametrize("method", [
+    'name = "../../escape"', 'name = "/tmp/sast-deploy-escape"', 'name = ""', 'name = "."', 'name = "a/b"',
+    'name = "x..y"', 'name = "-rf"', 'name = "ok"\n[[method]]\nname = "c"\ncalibrate = "../ok"',
+])
+def test_study_method_names_that_are_paths_are_refused(tmp_path, recipe_file, capsys, method):
+    study = tmp_path / "study.toml"
+    study.write_text(f'base = "{recipe_file.name}"\nseeds = [0]\nlava_samples = 4\n[[method]]\n{method}\n')
+    before = _tree(tmp_path)
+    code, err = _cli(capsys, "study", study, "--out", tmp_path / "out", "--quiet")
+    assert code == 2 and "study.toml: " in err and "must be 1 to 100 letters, digits" in err
+    assert _tree(tmp_path) == before and not os.path.exists("/tmp/sast-deploy-escape")
+
+
+def test_report_refuses_a_study_index_whose_method_is_a_path(run, tmp_path, capsys):
+    study = _study(tmp_path, run)
+    (study / "study.json").write_text('{"name": "s", "base": "b.toml", "seeds": [0], "lava_samples": 8, '
+                                      '"methods": [{"name": "../../baseline", "set": [], "calibrate": ""}]}')
+    code, err = _cli(capsys, "report", study, "--out", tmp_path / "report", "--no-diagnostics")
+    assert code == 2 and "study.json: method.name must be" in err and not (tmp_path / "report").exists()
+
+
+# 3. calibrate never overwrites a trained run
+
+
+def _files(folder):
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+@pytest.mark.parametrize("onto", ["itself", "itself-by-another-path", "another-run", "model-only"])
+def test_calibrate_onto_a_run_is_refused_and_its_files_unchanged(run, tmp_path, capsys, onto):
+    other = shutil.copytree(run, tmp_path / "other")
+    out = {"itself": run, "itself-by-another-path": tmp_path / "." / "run" / ".." / "run", "another-run": other,
+           "model-only": other}[onto]
+    if onto == "model-only":
+        (other / "checkpoint.pt").unlink()
+        (other / "metrics.json").unlink()
+    before = {d: _files(d) for d in (run, other)}
+    code, err = _cli(capsys, "calibrate", run, "--out", out, "--quiet")
+    assert code == 2 and ("--out is the source run itself" in err if onto.startswith("itself")
+                          else "refusing to overwrite it" in err), err
+    assert {d: _files(d) for d in (run, other)} == before
+
+
+def test_calibrate_replaces_only_an_earlier_calibration_of_the_same_source(run, tmp_path):
+    from sast_deploy.training.calibrate import check_calibration_target
+
+    cal = shutil.copytree(run, tmp_path / "cal")
+    (cal / "checkpoint.pt").unlink()
+    metrics = json.loads((cal / "metrics.json").read_text())
+    (cal / "metrics.json").write_text(json.dumps({**metrics, "calibrated_from": str(run)}))
+    check_calibration_target(run, cal)  # an earlier calibration of this run: replaced
+    check_calibration_target(run, tmp_path / "new")  # nothing there yet
+    with pytest.raises(RunError, match="not an earlier calibration of"):
+        check_calibration_target(tmp_path / "elsewhere", cal)
+    (cal / "checkpoint.pt").write_bytes(b"")  # calibrate never writes one: a trained run
+    with pytest.raises(RunError, match="refusing to overwrite it"):
+        check_calibration_target(run, cal)
+
+
+# 17. a negative count is an error, not "all"
+
+
+@pytest.mark.parametrize("argv", [["simulate", "n.h5", "--run", "r", "--samples", "-1"],
+                                  ["compare", "r", "--samples", "-1"], ["demo", "--lava-samples", "-5"]])
+def test_negative_counts_are_refused_by_the_parser(tmp_path, capsys, argv):
+    with pytest.raises(SystemExit) as exit_:
+        main(argv + ["--out" if argv[0] != "compare" else "--quiet"] + ([str(tmp_path / "o")] if argv[0] != "compare" else []))
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and "must be >= 0 (0 = all), got -" in err and "Traceback" not in err
+    assert not (tmp_path / "o").exists()
+
+
+# 18. every input of demo is checked before the first minute of work
+
+
+def test_demo_checks_every_recipe_before_training(recipe_file, tmp_path, capsys):
+    out = tmp_path / "demo"
+    code, err = _cli(capsys, "demo", "--config", recipe_file, "--beside", tmp_path / "nonexist.toml",
+                     "--lava-samples", "0", "--out", out)
+    assert code == 2 and "nonexist.toml" in err
+    assert not out.exists()  # nothing trained
+
+
+# 7. simulate checks the network's outputs against the run's classes
+
+
+@pytest.mark.parametrize("outputs", [20, 5])
+def test_simulate_refuses_a_network_whose_outputs_are_not_the_runs_classes(run, tmp_path, capsys, outputs):
+    import dataclasses
+
+    from sast_deploy.deploy.export import write_netx
+    from sast_deploy.deploy.quantize import QuantizedNet
+
+    qnet = read_netx(_exported(run, tmp_path))
+    capsys.readouterr()
+    last = qnet.layers[-1]
+    weight = np.resize(last.weight, (outputs,) + last.weight.shape[1:])  # rows repeated or cut
+    layers = [*qnet.layers[:-1], dataclasses.replace(last, weight=weight, out_shape=(outputs,))]
+    path = write_netx(QuantizedNet(layers, qnet.input_shape, outputs, qnet.spec), tmp_path / f"net{outputs}.h5")
+    code, err = _cli(capsys, "simulate", path, "--run", run, "--samples", "4", "--quiet", "--out", tmp_path / "s.json")
+    assert code == 2 and f"net{outputs}.h5: the network has {outputs} output neurons, the run's dataset has 10 classes" in err
+    assert not (tmp_path / "s.json").exists()
+
+
+# 6. a full disk while saving is one line naming the file, and no temporary file is left
+
+
+def _torch_save_on_a_full_disk(kind):
+    """torch.save as it fails on a full disk: some bytes written, then the error torch raises
+    (a RuntimeError, and another while it closes the file) or the OSError of a plain writer."""
+    def save(obj, f):
+        with open(f, "wb") as out:
+            out.write(b"PK\x03\x04 partial")
+        if kind == "oserror":
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        try:
+            raise RuntimeError("[enforce fail at inline_container.cc:764] . PytorchStreamWriter failed writing file data/0: "
+                               "file write failed")
+        finally:
+            raise RuntimeError("[enforce fail at inline_container.cc:595] . unexpected pos 2688 vs 2582")
+    return save
+
+
+@pytest.mark.parametrize("kind,reason", [("oserror", "No space left on device"),
+                                         ("torch", "PytorchStreamWriter failed writing file data/0: file write failed")])
+def test_a_full_disk_while_training_is_one_line_and_leaves_no_temporary_file(recipe_file, tmp_path, capsys, monkeypatch,
+                                                                            kind, reason):
+    monkeypatch.setattr(torch, "save", _torch_save_on_a_full_disk(kind))
+    out = tmp_path / "run"
+    code, err = _cli(capsys, "train", "--config", recipe_file, "--out", out, "--quiet")
+    assert code == 2 and f"{out / 'checkpoint.pt'}: cannot write it ({reason}; " in err and "MiB free" in err
+    assert not out.exists() or [p.name for p in out.iterdir()] in ([], [".lock"])  # no temporary file, no checkpoint

@@ -223,3 +223,81 @@ def test_atomic_directory_leaves_no_partial_folder(tmp_path):
             (tmp_path / "out").mkdir()  # another writer finished first
             (tmp_path / "out" / "theirs").write_text("y")
     assert [p.name for p in tmp_path.iterdir()] == ["out"] and [p.name for p in (tmp_path / "out").iterdir()] == ["theirs"]
+
+
+# --- the decoding pool (issue 20: a pool that never hangs) ---------------------------------
+
+# One process building a real-format tree's frame cache BUILDS times, each into a fresh cache
+# folder that the other processes build at the same moment, while torch's threads and tqdm's
+# monitor thread run (as in a command). Each build is bounded: faulthandler dumps the stacks and
+# exits when one runs past BUILD_TIMEOUT_S. Prints a hash of the frames per build.
+# ROWS_PER_WORKER is lowered so that a test-sized tree gets a pool of two workers.
+CACHE_BUILDER = r"""
+import faulthandler, hashlib, os, sys
+import numpy as np, torch
+from sast_deploy.data import frames
+from sast_deploy.data.datasets import DataConfig, load_dataset
+frames.ROWS_PER_WORKER = 16
+torch.ones(128, 128) @ torch.ones(128, 128)
+data, cache, builds, timeout = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
+for build in range(builds):
+    os.environ["SAST_DEPLOY_CACHE"] = os.path.join(cache, str(build))
+    faulthandler.dump_traceback_later(timeout, exit=True)
+    train, test = load_dataset(DataConfig(name="nmnist", data_dir=data, n_time_bins=10, workers=2), progress=True)
+    faulthandler.cancel_dump_traceback_later()
+    print(hashlib.sha256(np.asarray(train.packed).tobytes() + np.asarray(test.packed).tobytes()).hexdigest(), flush=True)
+"""
+CONCURRENT_PROCESSES, BUILDS, BUILD_TIMEOUT_S = 3, 3, 120
+
+
+def _frames_hash(train, test) -> str:
+    import hashlib
+
+    return hashlib.sha256(np.asarray(train.packed).tobytes() + np.asarray(test.packed).tobytes()).hexdigest()
+
+
+@pytest.mark.slow
+def test_concurrent_frame_cache_builds_finish_in_order_and_never_hang(tmp_path, monkeypatch):
+    import os
+    import subprocess
+    import sys
+
+    from conftest import SMALL_SYNTHETIC
+    from sast_deploy.data.tonic_layout import write_tonic_tree
+
+    data = tmp_path / "data"
+    write_tonic_tree(DataConfig(synthetic=SMALL_SYNTHETIC), data, {"train": 128, "test": 64}, progress=False)
+    monkeypatch.setenv("SAST_DEPLOY_CACHE", str(tmp_path / "reference"))
+    expected = _frames_hash(*load_dataset(DataConfig(name="nmnist", data_dir=str(data), n_time_bins=10, workers=1),
+                                          progress=False))  # decoded in this process
+    env = {**os.environ, "OMP_NUM_THREADS": "2"}
+    argv = [sys.executable, "-c", CACHE_BUILDER, str(data), str(tmp_path / "caches"), str(BUILDS), str(BUILD_TIMEOUT_S)]
+    procs = [subprocess.Popen(argv, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+             for _ in range(CONCURRENT_PROCESSES)]
+    try:
+        outs = [p.communicate(timeout=60 + BUILDS * BUILD_TIMEOUT_S) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    assert [p.returncode for p in procs] == [0] * CONCURRENT_PROCESSES, [err[-3000:] for _, err in outs]  # stacks of a hang
+    assert [out.split() for out, _ in outs] == [[expected] * BUILDS] * CONCURRENT_PROCESSES
+
+
+def test_a_recording_that_fails_in_a_worker_is_named_and_the_pool_is_gone(small_data, monkeypatch):
+    import multiprocessing
+
+    from sast_deploy.data import frames
+    from sast_deploy.data.datasets import FrameDecoder, _SampleFrames
+
+    cfg, _ = small_data
+    monkeypatch.setattr(frames, "ROWS_PER_WORKER", 8)
+    good = np.zeros(3, dtype=[("x", "<i8"), ("y", "<i8"), ("p", "<i8"), ("t", "<i8")])
+    items = [(good, f"recording {i}") for i in range(40)]
+    items[29] = (np.zeros((3, 2)), "recording 29")  # no fields: tonic cannot read it
+    before = set(multiprocessing.active_children())
+    rows = frames.decoded_rows(_SampleFrames(FrameDecoder(cfg), None), items, len(items), 2, ("sast_deploy.data.datasets",))
+    with pytest.raises(DataError, match="recording 29: cannot turn its events into frames"):
+        list(rows)
+    assert set(multiprocessing.active_children()) <= before

@@ -316,3 +316,16 @@ def test_k_copies_on_a_trained_conv_run_equal_stock_lava_and_emulator(trained_co
     for copies in (1, 20):
         np.testing.assert_array_equal(simulate_lava(read_netx(net), frames, progress=False, copies=copies).counts,
                                       stock.counts)
+
+
+def test_dense_only_networks_have_no_copies_cap():
+    """Issue 20, case 19: the int8 conv-groups cap concerns conv layers only; dense copies share
+    one weight block, so an MLP takes more than 127 copies (and Lava equals the emulator)."""
+    from sast_deploy.deploy.simulate import DEFAULT_COPIES, resolve_copies
+
+    qnet = random_mlp(0, (24, 12, 5), (300, 400), (410, 0))
+    assert resolve_copies(qnet, 200, 300) == 200 and resolve_copies(qnet, None, 300) == DEFAULT_COPIES
+    frames = random_spikes(0, 140, 10, (1, 1, 24))
+    res = simulate_lava(qnet, frames, progress=False, copies=135)
+    assert res.copies == 135
+    np.testing.assert_array_equal(res.counts, emulate_counts(qnet, torch.from_numpy(frames)).numpy())

@@ -57,6 +57,28 @@ def test_study_runs_resumes_and_reports(tmp_path, small_data):
     assert all((r / "model.pt").stat().st_mtime == stamps[r] for r in runs if "sast-rho0.2/seed1" not in str(r))
     calibrated = json.loads((out / "baseline-calibrated" / "seed0" / "metrics.json").read_text())
     assert calibrated["calibrated_from"].endswith("baseline/seed0")
+    # issue 20: a run is complete when its files are, not when metrics.json is there
+    (out / "baseline" / "seed0" / "model.pt").unlink()
+    logged.clear()
+    run_study(study, out, progress=False, log=logged.append)
+    assert len(logged) == 1 and "baseline seed 0: train" in logged[0]
+    assert (out / "baseline" / "seed0" / "model.pt").is_file()
+    (out / "sast-rho0.05" / "seed0" / "compare.json").write_text("{cut sho")
+    logged.clear()
+    run_study(study, out, progress=False, log=logged.append)
+    assert logged == [] and json.loads((out / "sast-rho0.05" / "seed0" / "compare.json").read_text())["n_samples"] == 8
+    # a changed study into the same --out is refused before any work, every file unchanged
+    files = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    (tmp_path / "study.toml").write_text(STUDY.replace('"optimizer.rho=0.2"', '"optimizer.rho=0.9"'))
+    with pytest.raises(RecipeError, match=r"sast-rho0\.2/seed0: was made by a different version of this study"):
+        run_study(load_study(tmp_path / "study.toml"), out, progress=False, log=lambda s: None)
+    assert main(["study", str(tmp_path / "study.toml"), "--out", str(out), "--quiet"]) == 2
+    (tmp_path / "study.toml").write_text(STUDY)
+    (tmp_path / "base.toml").write_text(BASE.replace("lr = 5e-3", "lr = 4e-3"))  # the base recipe changed
+    with pytest.raises(RecipeError, match=r"baseline/seed0: was made by a different version of this study"):
+        run_study(load_study(tmp_path / "study.toml"), out, progress=False, log=lambda s: None)
+    (tmp_path / "base.toml").write_text(BASE)
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == files
 
     assert main(["report", str(out), "--out", str(tmp_path / "report")]) == 0
     md = (tmp_path / "report" / "report.md").read_text()
@@ -119,3 +141,16 @@ def test_demo_shows_its_recipe_with_the_arctan_regime_beside_it(tmp_path, small_
     assert all((out / name / opt / "metrics.json").exists() for name in ("light", "heavy") for opt in ("baseline", "sast"))
     assert main(["demo", "--config", str(tmp_path / "main.toml"), "--beside", "", "--lava-samples", "0", "--out", str(out)]) == 0
     assert "heavy" not in capsys.readouterr().out
+
+
+def test_a_run_folder_without_the_studys_fingerprint_is_refused_before_any_work(tmp_path):
+    (tmp_path / "base.toml").write_text(BASE)
+    (tmp_path / "study.toml").write_text(STUDY)
+    study = load_study(tmp_path / "study.toml")
+    out = tmp_path / "out"
+    (out / "sast-rho0.05" / "seed1").mkdir(parents=True)
+    (out / "sast-rho0.05" / "seed1" / "metrics.json").write_text("{}")  # e.g. a run copied in by hand
+    logged = []
+    with pytest.raises(RecipeError, match=r"sast-rho0\.05/seed1: holds no study fingerprint"):
+        run_study(study, out, progress=False, log=logged.append)
+    assert logged == [] and sorted(p.name for p in out.iterdir()) == ["sast-rho0.05"]  # nothing trained, no study.json

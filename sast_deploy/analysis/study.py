@@ -14,30 +14,53 @@ A study file (``train/study-*.toml``)::
     name = "baseline-calibrated"
     calibrate = "baseline"      # post-hoc threshold calibration of that method's runs
 
-Runs live in ``OUT/<method>/seed<k>``; a study interrupted mid-way continues with the runs
-(and epochs) it lacks when started again.
+Runs live in ``OUT/<method>/seed<k>``, so a method name is a slug (letters, digits, '.', '_'
+and '-', starting with a letter or digit, no '..'): never a path out of ``OUT``. A study
+interrupted mid-way continues with the runs (and epochs) it lacks when started again: a run is
+complete when its files are (model.pt readable, metrics.json; compare.json for the comparison).
+Each run folder holds ``study-run.json``, the fingerprint of what the study asked of it (the
+method and its resolved recipe, or the calibrated source's fingerprint), and a study whose
+methods changed is refused on an existing ``--out`` instead of reusing runs of the old one.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
 
-from ..training.recipe import RecipeError, load_recipe, read_toml
-from ..errors import RunError
+from ..errors import RunError, SastDeployError
+from ..training.recipe import Recipe, RecipeError, canonical, load_recipe, read_toml
 from ..fileio import atomic_write_text, read_json
 from ..validation import file_data, validated
+
+
+SLUG = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+
+
+def check_slug(value: str, field: str) -> None:
+    """A ValueError naming ``field`` unless ``value`` is a slug (one path component of at most 100
+    characters that cannot leave its folder)."""
+    if not SLUG.fullmatch(value) or ".." in value:
+        raise ValueError(f"{field} must be 1 to 100 letters, digits, '.', '_' or '-', starting with a letter or digit "
+                         f"and without '..' (it names a folder), got {value!r}")
 
 
 @file_data
 @dataclass(frozen=True)
 class Method:
-    name: str
+    name: str  # a slug: the method's runs live in OUT/<name>/seed<k>
     set: Tuple[str, ...] = ()
     calibrate: str = ""  # name of the method whose runs are threshold-calibrated
+
+    def __post_init__(self):
+        check_slug(self.name, "method.name")
+        if self.calibrate:
+            check_slug(self.calibrate, f"method {self.name!r}: calibrate")
 
 
 @file_data
@@ -112,10 +135,91 @@ def read_index(study_dir: str | Path) -> StudyIndex:
     return validated(StudyIndex, read_json(path, "study index"), str(path), RunError)
 
 
+FINGERPRINT_NAME = "study-run.json"  # in each run directory: what the study asked of that run
+
+
+@dataclass(frozen=True)
+class PlannedRun:
+    """One (method, seed) run of a study: its folder and the fingerprint of what it is (the
+    method and its fully resolved recipe, or for a calibration the source run's fingerprint)."""
+
+    method: Method
+    seed: int
+    path: Path
+    fingerprint: str
+    recipe: Optional[Recipe] = None  # the resolved recipe of a trained method (None: a calibration)
+
+
+def plan_runs(study: Study, out: Path, seeds: Optional[Sequence[int]] = None) -> List[PlannedRun]:
+    """Every selected (seed, method) run with its fingerprint, in the order they run."""
+    planned: List[PlannedRun] = []
+    for seed in [s for s in study.seeds if seeds is None or s in seeds]:
+        by_name = {}
+        for m in study.methods:
+            what = {"method": m.name, "seed": seed}
+            if m.calibrate:
+                what["calibrates"] = by_name[m.calibrate].fingerprint
+                recipe = None
+            else:
+                recipe = load_recipe(study.base, [*m.set, f"training.seed={seed}"])
+                what["recipe"] = json.loads(canonical(recipe))
+            digest = hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()
+            by_name[m.name] = PlannedRun(m, seed, run_dir(out, m.name, seed), digest, recipe)
+            planned.append(by_name[m.name])
+    return planned
+
+
+def check_fingerprints(planned: Sequence[PlannedRun]) -> None:
+    """A RecipeError before any work when a run folder holds anything but a run of what the study
+    asks now: a changed study (a method's ``set``, the base recipe, a calibration's source) rerun
+    into an existing ``--out`` would otherwise reuse runs under labels they do not have."""
+    for run in planned:
+        if not run.path.exists() or not any(run.path.iterdir()):
+            continue
+        stored = _stored_fingerprint(run.path / FINGERPRINT_NAME)
+        if stored != run.fingerprint:
+            why = ("holds no study fingerprint (not written by this study, or by a version before fingerprints)"
+                   if stored is None else "was made by a different version of this study (its method, base recipe "
+                   "or calibration source changed)")
+            raise RecipeError(f"{run.path}: {why}; use a new --out for the changed study, or delete the folder to redo it")
+
+
+def _stored_fingerprint(path: Path) -> Optional[str]:
+    if not path.is_file():
+        return None
+    saved = read_json(path, "study fingerprint")
+    value = saved.get("fingerprint") if isinstance(saved, dict) else None
+    if not isinstance(value, str):
+        raise RunError(f"{path}: field fingerprint must be a string")
+    return value
+
+
+def run_complete(path: Path) -> bool:
+    """Whether a run's files are there and readable: model.pt (read as data and validated) and
+    metrics.json. A run missing either is trained (resuming its checkpoint) or calibrated again."""
+    from ..training.runs import read_model_file
+
+    try:
+        read_model_file(path / "model.pt")
+        read_json(path / "metrics.json", "metrics file")
+    except SastDeployError:
+        return False
+    return True
+
+
+def compare_complete(path: Path) -> bool:
+    """Whether the run's compare.json is there and readable."""
+    try:
+        return isinstance(read_json(path / "compare.json", "comparison"), dict)
+    except SastDeployError:
+        return False
+
+
 def run_study(study: Study, out: str | Path, progress: bool = True, log=print,
               seeds: Optional[Sequence[int]] = None) -> List[Path]:
     """Train/calibrate and compare every (seed, method) run that is not finished yet; with
-    ``seeds``, only those of the study's seeds (they must be among them)."""
+    ``seeds``, only those of the study's seeds (they must be among them). Every run folder is
+    checked against the study's fingerprints before any work (:func:`check_fingerprints`)."""
     unknown = sorted(set(seeds or ()) - set(study.seeds))
     if unknown:
         raise RecipeError(f"study {study.name}: seeds {unknown} are not among the study's seeds {list(study.seeds)}")
@@ -124,20 +228,23 @@ def run_study(study: Study, out: str | Path, progress: bool = True, log=print,
     from ..training.train import train
 
     out = Path(out)
+    planned = plan_runs(study, out, seeds)
+    check_fingerprints(planned)
     out.mkdir(parents=True, exist_ok=True)
     write_index(out, study)
     done = []
-    for seed in [s for s in study.seeds if seeds is None or s in seeds]:
-        for m in study.methods:
-            d = run_dir(out, m.name, seed)
-            if not (d / "metrics.json").exists():
-                log(f"[{study.name}] {m.name} seed {seed}: {'calibrate' if m.calibrate else 'train'} -> {d}")
-                if m.calibrate:
-                    calibrate_run(run_dir(out, m.calibrate, seed), d, progress=progress)
-                else:
-                    recipe = load_recipe(study.base, [*m.set, f"training.seed={seed}"])
-                    train(recipe, d, progress=progress)
-            if not (d / "compare.json").exists():
-                compare_run(d, samples=study.lava_samples, progress=progress)
-            done.append(d)
+    for run in planned:
+        m, d = run.method, run.path
+        redone = not run_complete(d)
+        if redone:
+            log(f"[{study.name}] {m.name} seed {run.seed}: {'calibrate' if m.calibrate else 'train'} -> {d}")
+            atomic_write_text(d / FINGERPRINT_NAME, json.dumps({"fingerprint": run.fingerprint, "method": m.name,
+                                                                "seed": run.seed}, indent=2) + "\n")
+            if m.calibrate:
+                calibrate_run(run_dir(out, m.calibrate, run.seed), d, progress=progress)
+            else:
+                train(run.recipe, d, progress=progress)
+        if redone or not compare_complete(d):
+            compare_run(d, samples=study.lava_samples, progress=progress)
+        done.append(d)
     return done

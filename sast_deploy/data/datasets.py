@@ -25,7 +25,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -286,6 +286,18 @@ class Recordings:
     def __iter__(self):
         return (self.events(i) for i in range(len(self)))
 
+    @property
+    def files(self) -> bool:
+        """Whether the recordings are a real dataset's files (else generated events in memory)."""
+        return isinstance(self.source, RecordingFiles)
+
+    def decoding_items(self) -> Iterator[Tuple[Union[str, np.ndarray], str]]:
+        """(recording, its name) in order, as a decoding worker takes them: a file's path (the
+        worker reads it) or a generated recording's events, never the whole split."""
+        for i in range(len(self)):
+            j = int(self.index[i])
+            yield (self.source.paths[j] if self.files else self.source.sample(j)), self.source.describe(j)
+
 
 def split_recordings(cfg: DataConfig, split: str, progress: bool = False) -> Recordings:
     """The recordings of ``split`` ('train' or 'test') that a recipe uses, in one place for
@@ -343,7 +355,8 @@ def _write_frames_cache(cfg: DataConfig, splits: Dict[str, Recordings], folder: 
     try:
         with atomic_directory(folder) as tmp:
             for split, rec in splits.items():
-                rows = decoded_rows(_SampleFrames(rec, FrameDecoder(cfg)), len(rec), default_workers(cfg.workers))
+                rows = decoded_rows(_SampleFrames(FrameDecoder(cfg), rec.source.suffix if rec.files else None),
+                                    rec.decoding_items(), len(rec), default_workers(cfg.workers), DECODING_MODULES)
                 bar = lambda it, split=split, n=len(rec): tqdm(it, total=n, desc=f"{split} frames", disable=not progress, unit="sample")
                 write_split(tmp, split, rows, len(rec), cfg.sample_shape(), rec.labels, rec.source_ids, bar)
             write_meta(tmp, {"dataset": cfg.name, "sample_shape": list(cfg.sample_shape()),
@@ -354,19 +367,25 @@ def _write_frames_cache(cfg: DataConfig, splits: Dict[str, Recordings], folder: 
         # another process cached the same frames first: use those
 
 
+DECODING_MODULES = (__name__, "tonic.transforms")  # what a decoding worker imports (frames.decoding_context)
+
+
 @dataclass(frozen=True)
 class _SampleFrames:
-    """Recording i -> its binary frames; a recording that cannot be decoded is named."""
+    """(recording, its name) -> binary frames, in a decoding worker: the recording is a real
+    dataset's file (read here, with ``suffix``) or a generated one's events (``suffix`` None).
+    A recording that cannot be read or decoded is named."""
 
-    recordings: Recordings
     decode: FrameDecoder
+    suffix: Optional[str]
 
-    def __call__(self, i: int) -> np.ndarray:
-        events = self.recordings.events(i)
+    def __call__(self, item: Tuple[Union[str, np.ndarray], str]) -> np.ndarray:
+        recording, name = item
+        events = read_recording(recording, self.suffix) if self.suffix else recording
         try:
             return self.decode(events)
         except Exception as exc:
-            raise DataError(f"{self.recordings.describe(i)}: cannot turn its events into frames ({exc})") from None
+            raise DataError(f"{name}: cannot turn its events into frames ({exc})") from None
 
 
 # --- real datasets through tonic -------------------------------------------------------

@@ -9,18 +9,24 @@ numpy's own formats (``.npy``, ``packbits``) rather than HDF5 or zarr: every rea
 project's files has numpy, and a memory-mapped ``.npy`` needs no chunking or extra library.
 
 Decoding events to frames is CPU-bound and independent per recording, so it runs in a pool
-of worker processes (fork: the recordings' reader is inherited, not pickled) that return
-packed rows, written in order straight into the memory-mapped output.
+of worker processes (started from a fork server, never forked from this threaded process) that
+return packed rows, written in order straight into the memory-mapped output.
 """
 
 from __future__ import annotations
 
+import collections
+import itertools
 import json
 import multiprocessing
+import multiprocessing.context
 import os
 import signal
+import sys
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
-from typing import Callable, Iterator, Optional, Sequence, Tuple
+from typing import Callable, Deque, Iterable, Iterator, List, Optional, Sequence, Tuple, TypeVar
 
 import numpy as np
 import torch
@@ -105,29 +111,92 @@ def packed_row_bytes(sample_shape: Sequence[int]) -> int:
 
 # --- decoding in worker processes ------------------------------------------------------
 
-_WORKER_DECODE: Optional[Callable[[int], np.ndarray]] = None
+#: Rows per worker below which another worker process costs more than it saves (the fork
+#: server's start and a worker's: benchmarks/decoding_pool.py, figures in the README, "Data").
+ROWS_PER_WORKER = 1024
+#: Chunks queued per worker beyond the one it decodes: keeps workers busy while bounding the
+#: memory held by rows not yet written.
+CHUNKS_AHEAD_PER_WORKER = 2
+
+Item = TypeVar("Item")
 
 
-def _set_worker_decode(decode: Callable[[int], np.ndarray]) -> None:
-    global _WORKER_DECODE
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle: it stops the pool
-    _WORKER_DECODE = decode
+def _worker_signals() -> None:
+    """A decoding worker's signal policy: Ctrl-C reaches the whole process group but is the
+    parent's to handle (it stops the pool), and SIGTERM kills the worker outright (the
+    default), whatever handler the process it was forked from had installed."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
-def _decode_packed(i: int) -> np.ndarray:
-    return np.packbits(_WORKER_DECODE(i).reshape(-1).astype(bool))
+def _decode_chunk(decode: Callable[[Item], np.ndarray], items: List[Item]) -> List[np.ndarray]:
+    return [np.packbits(decode(item).reshape(-1).astype(bool)) for item in items]
 
 
-def decoded_rows(decode: Callable[[int], np.ndarray], n: int, workers: int) -> Iterator[np.ndarray]:
-    """Packed rows of ``decode(i)`` (binary frames of sample i) for i = 0..n-1, in order, from
-    ``workers`` processes (in this process when 1)."""
-    if workers <= 1 or n < 64:
-        for i in range(n):
-            yield np.packbits(decode(i).reshape(-1).astype(bool))
+def pool_size(n: int, workers: int) -> int:
+    """Worker processes for ``n`` rows: ``workers``, but no more than one per
+    :data:`ROWS_PER_WORKER` rows (0 or 1: decode in this process)."""
+    return max(1, min(workers, n // ROWS_PER_WORKER))
+
+
+def decoding_context(preload: Sequence[str] = ()) -> multiprocessing.context.BaseContext:
+    """The start method of the decoding workers: a fork server, never a fork of this process.
+
+    Forking a process that already runs threads (torch's, tqdm's monitor) can leave a lock
+    held forever in the child, and a pool of such children once hung a study for good (issue
+    20). The fork server is a fresh single-threaded interpreter that imports the workers'
+    modules once (``preload``, this module and the main module) and forks each worker from
+    there, where ``spawn`` would import torch again in every worker (benchmarks/decoding_pool.py).
+    It must import sast_deploy before a worker unpickles a task: Lava's import calls
+    ``multiprocessing.set_start_method('fork')`` unforced (see ``sast_deploy/__init__.py``),
+    which raises in a child whose start method multiprocessing has already set. A context
+    object is used, never the global start method, which Lava owns. The fork server starts
+    with the first pool and serves every later one of this process (its preload is fixed then)."""
+    main = getattr(sys.modules.get("__main__"), "__spec__", None)
+    # a `python -m` main module is run again in every worker unless the fork server has it
+    run_as_module = [main.name] if main is not None and not main.name.endswith("__main__") else []
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(["__main__", *run_as_module, __name__, *preload])
+    return ctx
+
+
+def decoded_rows(decode: Callable[[Item], np.ndarray], items: Iterable[Item], n: int, workers: int,
+                 preload: Sequence[str] = ()) -> Iterator[np.ndarray]:
+    """Packed rows of ``decode(item)`` (binary frames of a sample) for the ``n`` ``items``, in
+    order, decoded by up to ``workers`` processes (:func:`pool_size`; in this process when 1).
+    ``decode`` and the items travel to the workers pickled, so an item should be what a worker
+    needs to decode the sample (a path, the events), not a handle on the whole dataset;
+    ``preload`` names the modules they need (:func:`decoding_context`).
+
+    The pool is shut down on every way out: when done, its workers finish and are joined; on an
+    error, SIGINT or SIGTERM (or a consumer that stops early) the queued chunks are cancelled
+    and the ones running finish first (a chunk is a fraction of a second of work). Like any
+    multiprocessing code that does not fork, a script calling this must guard its entry point
+    (``if __name__ == "__main__":``): each worker imports the main module again."""
+    workers = pool_size(n, workers)
+    if workers <= 1:
+        yield from (_decode_chunk(decode, [item])[0] for item in items)
         return
-    ctx = multiprocessing.get_context("fork")
-    with ctx.Pool(workers, initializer=_set_worker_decode, initargs=(decode,)) as pool:
-        yield from pool.imap(_decode_packed, range(n), chunksize=max(1, min(256, n // (8 * workers))))
+    chunk = max(1, min(64, n // (4 * workers)))
+    source = iter(items)
+    pool = ProcessPoolExecutor(workers, mp_context=decoding_context(preload), initializer=_worker_signals)
+    try:
+        pending: Deque[Future] = collections.deque()
+        while True:
+            while len(pending) < workers * (1 + CHUNKS_AHEAD_PER_WORKER):
+                part = list(itertools.islice(source, chunk))
+                if not part:
+                    break
+                pending.append(pool.submit(_decode_chunk, decode, part))
+            if not pending:
+                break
+            yield from pending.popleft().result()
+    except BrokenProcessPool as exc:
+        raise FrameCacheError(f"a frame-decoding worker process ended abruptly ({exc}): killed, out of memory, or "
+                              f"the main script starts work without `if __name__ == '__main__':`; rerun, or set "
+                              f"data.workers=1 to decode in this process") from None
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def default_workers(setting: int) -> int:

@@ -31,7 +31,10 @@ from ..training.evaluate import accuracy_pct, fraction, output_counts
 from ..training.runs import load_run
 
 
-def check_input(qnet: QuantizedNet, data: FrameDataset, net_path: Path) -> None:
+def check_input(qnet: QuantizedNet, data: FrameDataset, net_path: Path, n_classes: Optional[int] = None) -> None:
+    """A RunError naming ``net_path`` unless the network takes the dataset's frames (as many
+    inputs per time step; a conv first layer the same (polarity, height, width) shape) and, with
+    ``n_classes``, has one output neuron per class of the run's dataset."""
     n_net = int(np.prod(qnet.layers[0].in_shape))
     n_data = int(np.prod(data.input_shape))
     if n_net != n_data:
@@ -39,6 +42,12 @@ def check_input(qnet: QuantizedNet, data: FrameDataset, net_path: Path) -> None:
             f"{net_path}: the network takes {n_net} inputs per time step (layer 1 input shape "
             f"{qnet.layers[0].in_shape}), the dataset provides {n_data} ({data.input_shape})"
         )
+    if qnet.layers[0].kind != "dense" and tuple(qnet.layers[0].in_shape) != tuple(data.input_shape):
+        raise RunError(f"{net_path}: the network's first layer takes frames of shape {tuple(qnet.layers[0].in_shape)}, "
+                       f"the dataset's are {tuple(data.input_shape)} (polarity, height, width)")
+    if n_classes is not None and qnet.n_classes != n_classes:
+        raise RunError(f"{net_path}: the network has {qnet.n_classes} output neurons, the run's dataset has "
+                       f"{n_classes} classes (one output neuron per class)")
 
 
 def compare_run(run_dir: str | Path, samples: int = 500, progress: bool = True, spec: Optional[Loihi2Spec] = None,
@@ -66,7 +75,7 @@ def _compare_run(run_dir: Path, samples: int, progress: bool, spec: Loihi2Spec, 
     if rank == 0:
         write_run_netx(qnet, run_dir, net_path, {"recipe": recipe.name, "n_time_bins": recipe.data.n_time_bins})
     _, test = load_dataset(recipe.data, progress=progress)
-    check_input(qnet, test, net_path)
+    check_input(qnet, test, net_path, recipe.data.spec.n_classes)
     lava_idx = stratified_subset(test.labels.numpy(), samples, recipe.data.subset_seed)  # all when samples = 0
     # under torchrun each rank emulates and simulates its contiguous slice; rank 0 gathers
     emulation, lava = _emulate_and_simulate(qnet, test, lava_idx, rank, world, progress, copies)

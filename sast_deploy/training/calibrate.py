@@ -21,6 +21,8 @@ from typing import Callable, Dict, List, Sequence, Tuple
 import numpy as np
 
 from ..data.datasets import FrameDataset, load_dataset, stratified_subset
+from ..errors import RunError
+from ..fileio import read_json
 from ..lock import run_lock
 from .model import SpikingNet, build_model
 from .evaluate import evaluate
@@ -108,10 +110,36 @@ def calibrate_thresholds(model: SpikingNet, calib: FrameDataset, passes: int = 2
     return Calibration(tuple(scales), best, tuple(searched), tuple(bound_hit))
 
 
+RUN_FILES = ("model.pt", "checkpoint.pt", "metrics.json")  # a folder holding any of these holds a run
+
+
 def calibrate_run(run_dir: str | Path, out_dir: str | Path, fraction: float = 0.1, progress: bool = True) -> Dict[str, object]:
-    """Calibrate a trained run's thresholds into a new run directory (locked meanwhile)."""
+    """Calibrate a trained run's thresholds into a new run directory (locked meanwhile); see
+    :func:`check_calibration_target` for the directories it refuses."""
     with run_lock(out_dir, "calibrate"):
+        check_calibration_target(Path(run_dir), Path(out_dir))
         return _calibrate_run(run_dir, Path(out_dir), fraction, progress)
+
+
+def check_calibration_target(source: Path, out_dir: Path) -> None:
+    """A RunError unless ``out_dir`` may receive the calibration of ``source``: it must not be
+    ``source`` itself, and a folder that holds a run already is overwritten only when that run
+    is an earlier calibration of the same source (its metrics.json says ``calibrated_from`` the
+    same folder, and it has no checkpoint.pt, which calibration never writes), so calibrating
+    again with another ``--fraction``, or a study resuming, replaces only what calibrate wrote."""
+    if out_dir.resolve() == source.resolve():
+        raise RunError(f"{out_dir}: --out is the source run itself; calibrate writes a new run (e.g. --out {source}-cal)")
+    present = [name for name in RUN_FILES if (out_dir / name).exists() or (out_dir / name).is_symlink()]
+    if not present:
+        return
+    refusal = (f"{out_dir}: holds a run ({', '.join(present)}) that is not an earlier calibration of {source}; "
+               f"refusing to overwrite it (choose another --out)")
+    if "checkpoint.pt" in present or "metrics.json" not in present:
+        raise RunError(refusal)
+    earlier = read_json(out_dir / "metrics.json", "metrics file")
+    origin = earlier.get("calibrated_from") if isinstance(earlier, dict) else None
+    if not isinstance(origin, str) or Path(origin).resolve() != source.resolve():
+        raise RunError(refusal)
 
 
 def _calibrate_run(run_dir: str | Path, out_dir: Path, fraction: float, progress: bool) -> Dict[str, object]:
