@@ -8,6 +8,9 @@ unlinks its ``/dev/shm/psm_*`` segments. Workers ignore SIGINT and SIGTERM (see
 :mod:`sast_deploy.signals`), so that they are alive to answer STOP. Should the stop still
 hang (a worker that crashed), the workers are killed after :data:`STOP_TIMEOUT_S` and the
 manager is shut down directly.
+
+The host reads a Var as a sequence of messages (:func:`read_var`); signals wait until such
+an exchange is complete, so that the stop always finds Lava's channels in step.
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ import multiprocessing
 import sys
 import threading
 from typing import Iterator, List
+
+import numpy as np
 
 from ..signals import deferred_signals, terminate_raises, workers_leave_signals_to_parent
 
@@ -37,6 +42,18 @@ def lava_runtime(process, run_cfg) -> Iterator[None]:
         finally:
             with deferred_signals():
                 stop_runtime(process, [p for p in multiprocessing.active_children() if p not in before])
+
+
+def read_var(var) -> np.ndarray:
+    """``var.get()`` of a running graph, with SIGINT and SIGTERM held until it returns.
+
+    Lava sends a Var to the host one element per message, through the runtime service. A
+    read cut short by a signal leaves the rest of the elements in the channels, where Lava's
+    stop reads one instead of the service's TERMINATED and fails, and the process model and
+    the service blocked sending them, where they never receive STOP: the stop ends in the
+    fallback (after :data:`STOP_TIMEOUT_S` when the rest does not fit in the channels)."""
+    with deferred_signals():
+        return np.asarray(var.get())
 
 
 def stop_runtime(process, workers: List[multiprocessing.Process], timeout_s: float = STOP_TIMEOUT_S) -> None:
