@@ -241,6 +241,41 @@ def test_a_signal_while_the_results_are_read_waits_for_the_read(tmp_path, monkey
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /dev/shm")
+def test_a_signal_after_a_run_finished_but_before_its_answer_was_read(tmp_path, monkeypatch, capsys, lava_segments):
+    # the runtime service answers that run's DONE, then STOP's TERMINATED: Lava's own stop
+    # takes the first answer for the answer to STOP and fails
+    import multiprocessing
+
+    import numpy as np
+    from lava.magma.runtime.runtime import Runtime
+
+    from sast_deploy.deploy.export import read_netx, write_netx
+    from sast_deploy.deploy.simulate import simulate_lava
+    from sast_deploy.errors import Terminated
+    from test_deploy import _random_mlp, _spikes
+
+    path = write_netx(_random_mlp(0, (24, 12, 5), (300, 400), (410, 0)), tmp_path / "net.h5")
+    children_before = set(multiprocessing.active_children())
+    get_answer, runs = Runtime._get_resp_for_run, []
+
+    def answer_read_late(self):
+        runs.append(1)
+        if len(runs) == 2:
+            time.sleep(2.0)  # the second run (12 steps) ends meanwhile: its DONE waits in the channel
+            signal.raise_signal(signal.SIGTERM)  # raises Terminated here
+        return get_answer(self)
+
+    monkeypatch.setattr(Runtime, "_get_resp_for_run", answer_read_late)
+    with pytest.raises(Terminated):
+        simulate_lava(read_netx(path), _spikes(0, 4, 10, (1, 1, 24)).astype(np.uint8), progress=False, copies=1,
+                      chunks=4)
+    assert len(runs) == 2
+    assert FALLBACK not in capsys.readouterr().err
+    assert set(multiprocessing.active_children()) <= children_before
+    assert lava_segments and not set(lava_segments) & _shm()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /dev/shm")
 def test_a_stop_that_hangs_is_timed_out_and_the_workers_killed(tmp_path, monkeypatch, capsys, lava_segments):
     import multiprocessing
 
