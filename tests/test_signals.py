@@ -13,12 +13,15 @@ from pathlib import Path
 import pytest
 
 from conftest import SMALL_SYNTHETIC
+from sast_deploy.deploy.lava_runtime import STOP_TIMEOUT_S
 from sast_deploy.deploy.simulate import DEFAULT_COPIES
 
 CLI = [sys.executable, "-m", "sast_deploy.cli"]
 LAVA_WORKERS = 6  # process models, runtime service and shared-memory manager: at least this many children
 FALLBACK = "lava: stopping the runtime"  # lava_runtime.stop_runtime's line when it kills the workers
-STOP_BOUND_S = 8.0  # signal to the last process gone; the fallback alone waits lava_runtime.STOP_TIMEOUT_S = 10 s
+# Signal to the last process gone: a graceful stop on a loaded machine takes seconds, and the
+# fallback cannot end before this, its timeout alone being as long.
+STOP_BOUND_S = STOP_TIMEOUT_S
 
 
 def _children(pid: int):
