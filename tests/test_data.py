@@ -262,7 +262,7 @@ def test_concurrent_frame_cache_builds_finish_in_order_and_never_hang(tmp_path, 
     import subprocess
     import sys
 
-    from conftest import SMALL_SYNTHETIC
+    from helpers import SMALL_SYNTHETIC
     from sast_deploy.data.tonic_layout import write_tonic_tree
 
     data = tmp_path / "data"

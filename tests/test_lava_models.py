@@ -329,3 +329,27 @@ def test_dense_only_networks_have_no_copies_cap():
     res = simulate_lava(qnet, frames, progress=False, copies=135)
     assert res.copies == 135
     np.testing.assert_array_equal(res.counts, emulate_counts(qnet, torch.from_numpy(frames)).numpy())
+
+
+# --- SpikeCounts: the sink that counts each window's output spikes ---------------------------
+
+@pytest.mark.parametrize("graded", [False, True])
+def test_spike_counts_sums_each_window_across_run_calls(graded):
+    from lava.magma.core.run_conditions import RunSteps
+    from lava.magma.core.run_configs import Loihi2SimCfg
+    from lava.proc.io.source import RingBuffer as Source
+
+    from sast_deploy.deploy.lava.counts import PySpikeCountsModel, SpikeCounts
+    from sast_deploy.deploy.lava_runtime import lava_runtime, read_var
+
+    rng = np.random.default_rng(3)
+    window, windows = 4, 3
+    data = rng.integers(-100, 1000, (5, window * windows)) if graded else rng.integers(0, 2, (5, window * windows))
+    source, sink = Source(data=data), SpikeCounts(shape=(5,), window=window, windows=windows)
+    source.s_out.connect(sink.a_in)
+    cfg = Loihi2SimCfg(select_tag="fixed_pt", exception_proc_model_map={sink: PySpikeCountsModel})
+    with lava_runtime(sink, cfg):
+        for steps in (6, 6):  # the first run ends inside the second window
+            sink.run(condition=RunSteps(num_steps=steps), run_cfg=cfg)
+        counts = read_var(sink.counts)
+    np.testing.assert_array_equal(counts, data.reshape(5, windows, window).sum(axis=2))
