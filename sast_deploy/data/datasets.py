@@ -34,7 +34,11 @@ from ..fileio import atomic_directory, atomic_save_npz
 from .frames import FRAME_CACHE_FORMAT, FrameDataset, decoded_rows, default_workers, read_split, write_meta, write_split
 from .synthetic import EventSplit, SyntheticNMNISTConfig, generate_synthetic_nmnist
 from .synthetic_gesture import SyntheticGestureConfig, generate_synthetic_gesture
-from ..validation import file_data, validated
+from ..validation import Count, Seed, Size0, check_ranges, file_data, ranged, validated
+
+MAX_WORKERS = 256  # decoding processes; more is a typo, not a machine
+Workers = ranged(int, ge=0, le=MAX_WORKERS)
+DownsampleFactor = ranged(float, gt=0, le=1)
 
 
 @dataclass(frozen=True)
@@ -85,27 +89,21 @@ class DataConfig:
     """The data section of a recipe. Times in microseconds (us)."""
 
     name: str = "synthetic-nmnist"
-    n_time_bins: int = 30
-    denoise_us: int = 0  # tonic Denoise filter_time; 0 = off
-    spatial_factor: float = 1.0  # tonic Downsample factor (e.g. 0.25 for 128x128 DVS Gesture -> 32x32)
+    n_time_bins: Count = 30
+    denoise_us: Size0 = 0  # tonic Denoise filter_time; 0 = off
+    spatial_factor: DownsampleFactor = 1.0  # tonic Downsample factor (e.g. 0.25 for 128x128 DVS Gesture -> 32x32)
     data_dir: str = ""  # root of the real dataset in tonic's layout
     download: bool = False  # let tonic download the real dataset when absent
-    max_train: int = 0  # 0 = all; otherwise a seeded class-stratified subset of N training samples
-    max_test: int = 0
-    subset_seed: int = 0  # seed of the max_train / max_test subsets
-    workers: int = 0  # processes that decode events to frames; 0 = one per CPU
+    max_train: Size0 = 0  # 0 = all; otherwise a seeded class-stratified subset of N training samples
+    max_test: Size0 = 0
+    subset_seed: Seed = 0  # seed of the max_train / max_test subsets
+    workers: Workers = 0  # processes that decode events to frames; 0 = one per CPU
     synthetic: Dict[str, object] = field(default_factory=dict)  # generator overrides (SyntheticNMNISTConfig, SyntheticGestureConfig)
 
     def __post_init__(self):
         if self.name not in DATASETS:
             raise DataError(f"data.name: unknown dataset {self.name!r}; known: {', '.join(DATASETS)}")
-        if self.n_time_bins < 1:
-            raise DataError(f"data.n_time_bins must be >= 1, got {self.n_time_bins}")
-        if not 0 < self.spatial_factor <= 1:
-            raise DataError(f"data.spatial_factor must be in (0, 1], got {self.spatial_factor}")
-        for name in ("max_train", "max_test", "workers"):
-            if getattr(self, name) < 0:
-                raise DataError(f"data.{name} must be >= 0, got {getattr(self, name)}")
+        check_ranges(self, "data", DataError)
         if self.synthetic and not self.spec.generated:
             raise DataError(f"data.synthetic: only the generated datasets ({', '.join(GENERATED)}) take it, not {self.name!r}")
         if self.spec.generated:

@@ -163,7 +163,7 @@ def quantize(model: SpikingNet, spec: Loihi2Spec = Loihi2Spec()) -> QuantizedNet
             conv = layer.synapse
             w = conv.weight.detach().double().numpy()
             w_int, vth, scale, clipped, err = _quantize_weights(w, lif.v_th, spec, name)
-            out_shape = _conv_out(shape, w.shape[0], w.shape[2:], conv.stride, conv.padding)
+            out_shape = conv_out_shape(shape, w.shape[0], w.shape[2:], conv.stride, conv.padding)
             layers.append(QuantizedLayer("conv", w_int, vth, dv, LOIHI_DECAY_UNITY, scale, tuple(shape), out_shape,
                                          stride=tuple(conv.stride), padding=tuple(conv.padding), groups=conv.groups,
                                          n_clipped=clipped, mean_abs_error=err))
@@ -171,7 +171,7 @@ def quantize(model: SpikingNet, spec: Loihi2Spec = Loihi2Spec()) -> QuantizedNet
             k, channels = layer.synapse.kernel, shape[0]
             w = np.full((channels, 1, k, k), float(layer.synapse.weight))
             w_int, vth, scale, clipped, err = _quantize_weights(w, lif.v_th, spec, name)
-            out_shape = _conv_out(shape, channels, (k, k), (k, k), (0, 0))
+            out_shape = conv_out_shape(shape, channels, (k, k), (k, k), (0, 0))
             layers.append(QuantizedLayer("pool", w_int, vth, dv, LOIHI_DECAY_UNITY, scale, tuple(shape), out_shape,
                                          stride=(k, k), groups=channels, n_clipped=clipped, mean_abs_error=err))
         else:
@@ -180,7 +180,7 @@ def quantize(model: SpikingNet, spec: Loihi2Spec = Loihi2Spec()) -> QuantizedNet
     return QuantizedNet(layers, model.input_shape, model.n_classes, spec)
 
 
-def _conv_out(shape, channels, kernel, stride, padding) -> Tuple[int, int, int]:
+def conv_out_shape(shape, channels, kernel, stride, padding) -> Tuple[int, int, int]:
     _, h, w = shape
     return (
         int(channels),

@@ -29,10 +29,9 @@ except ModuleNotFoundError:  # Python 3.10, the version Lava requires
 from ..data.datasets import DataConfig
 from ..errors import SastDeployError
 from .model import ModelConfig
-from ..validation import file_data, validated
+from ..validation import Count, NonNegative, Positive, Seed, check_ranges, file_data, validated
 
 OPTIMIZERS = ("sast", "sam", "baseline", "ste")
-FLOAT32_MAX = 3.4028234663852886e38  # torch trains in float32: larger settings overflow in the optimizer
 
 
 class RecipeError(SastDeployError, ValueError):
@@ -47,22 +46,17 @@ class OptimConfig:
     the surrogate family's derivative as gradient, base optimizer only."""
 
     name: str = "sast"
-    lr: float = 1e-3
-    rho: float = 0.05
-    delta: float = 1e-12
-    weight_decay: float = 0.0
-    perturb_every: int = 1  # sast/sam: recompute eps every k steps, reuse it in between (LookSAM-style)
+    lr: Positive = 1e-3
+    rho: NonNegative = 0.05
+    delta: Positive = 1e-12  # stabiliser of ||g|| + delta: 0 divides by zero at a zero gradient
+    weight_decay: NonNegative = 0.0  # Adam refuses negative decay
+    perturb_every: Count = 1  # sast/sam: recompute eps every k steps, reuse it in between (LookSAM-style)
     adaptive: bool = False  # sast/sam: ASAM's radius relative to each weight's magnitude (optim.SAST)
 
     def __post_init__(self):
         if self.name not in OPTIMIZERS:
             raise ValueError(f"optimizer.name: unknown optimizer {self.name!r}; known: {', '.join(OPTIMIZERS)}")
-        if not 0 < self.lr <= FLOAT32_MAX:
-            raise ValueError(f"optimizer.lr must be > 0 and a float32 (<= {FLOAT32_MAX:.3g}), got {self.lr}")
-        if not 0 <= self.rho <= FLOAT32_MAX:
-            raise ValueError(f"optimizer.rho must be >= 0 and a float32 (<= {FLOAT32_MAX:.3g}), got {self.rho}")
-        if self.perturb_every < 1:
-            raise ValueError(f"optimizer.perturb_every must be >= 1, got {self.perturb_every}")
+        check_ranges(self, "optimizer")
 
     @property
     def train_mode(self) -> str:
@@ -77,20 +71,15 @@ class OptimConfig:
 @file_data
 @dataclass(frozen=True)
 class TrainConfig:
-    epochs: int = 10
-    batch_size: int = 128
-    seed: int = 0
-    loss_scale: float = 1.0  # logits = loss_scale * output spike counts
-    eval_batch_size: int = 512
+    epochs: Count = 10
+    batch_size: Count = 128
+    seed: Seed = 0
+    loss_scale: Positive = 1.0  # logits = loss_scale * output spike counts
+    eval_batch_size: Count = 512
     device: str = "cpu"  # cpu | cuda | auto
 
     def __post_init__(self):
-        if self.epochs < 1:
-            raise ValueError(f"training.epochs must be >= 1, got {self.epochs}")
-        if not abs(self.loss_scale) <= FLOAT32_MAX:
-            raise ValueError(f"training.loss_scale must be a float32 (|x| <= {FLOAT32_MAX:.3g}), got {self.loss_scale}")
-        if self.batch_size < 1:
-            raise ValueError(f"training.batch_size must be >= 1, got {self.batch_size}")
+        check_ranges(self, "training")
         if self.device not in ("cpu", "cuda", "auto"):
             raise ValueError(f"training.device must be cpu, cuda or auto, got {self.device!r}")
 
