@@ -250,6 +250,9 @@ def cmd_write_dataset(args) -> int:
     from .training.recipe import RecipeError, apply_overrides, recipe_from_dict
     from .data.tonic_layout import LAYOUTS, write_tonic_tree
 
+    ignored = [item for item in args.set if not item.split("=", 1)[0].strip().startswith("data.")]
+    if ignored:  # a dataset has no model or optimizer: such a setting would be accepted and ignored
+        raise RecipeError(f"--set {ignored[0]!r}: write-dataset takes only data.* fields")
     recipe = recipe_from_dict(apply_overrides({"data": {"name": args.dataset}}, args.set), source="--set")
     counts = {"train": args.train, "test": args.test} if (args.train or args.test) else None
     if counts and min(counts.values()) < 1:

@@ -161,16 +161,20 @@ def describe(err: dict, cls: type, prefix: str = "") -> str:
         return str(err["ctx"]["error"])
     if kind in EXPECTED:
         return f"{field} must be {EXPECTED[kind]}, got {toml_literal(err['input'])}"
+    if kind == "json_invalid":  # pydantic's JSON parser stops at a nesting depth no schema here has
+        return f"{field} is nested too deep ({err['msg']})"
     if kind in BOUND_ERRORS:
         return f"{field} must be {BOUND_ERRORS[kind].format(**err['ctx'])}, got {toml_literal(err['input'])}"
     return f"{field}: {err['msg']} (got {toml_literal(err.get('input'))})"
 
 
-def toml_literal(value: Any) -> str:
-    """A value as a TOML file would spell it (true, "128", inf), for error messages."""
+def toml_literal(value: Any, limit: int = 80) -> str:
+    """A value as a TOML file would spell it (true, "128", inf), for error messages; cut to
+    ``limit`` characters (a message stays one readable line)."""
     if isinstance(value, float) and not math.isfinite(value):
         return str(value)  # inf, -inf, nan
-    return json.dumps(value)
+    text = json.dumps(value)
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def field_name(prefix: str, loc: Sequence) -> str:

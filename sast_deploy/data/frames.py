@@ -163,9 +163,10 @@ def write_meta(folder: Path, meta: dict) -> None:
     (folder / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
 
 
-def read_split(folder: Path, split: str) -> FrameDataset:
+def read_split(folder: Path, split: str, n_classes: Optional[int] = None) -> FrameDataset:
     """One split of a finished cache folder, its frames memory-mapped read-only; every file is
-    checked against meta.json (never unpickled), and a damaged one is named."""
+    checked against meta.json (never unpickled), the labels against ``n_classes`` (the
+    dataset's classes), and a damaged one is named."""
     try:
         meta = json.loads((folder / "meta.json").read_text())
         shape = tuple(int(v) for v in meta["sample_shape"])
@@ -173,10 +174,21 @@ def read_split(folder: Path, split: str) -> FrameDataset:
         labels = np.load(folder / f"{split}_labels.npy", allow_pickle=False)
         sources_path = folder / f"{split}_sources.npy"
         sources = np.load(sources_path, allow_pickle=False) if sources_path.exists() else None
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise FrameCacheError(f"{folder}: damaged frame cache ({exc}); delete the folder to decode again") from None
+    except (OSError, EOFError, ValueError, KeyError, TypeError) as exc:  # EOFError: an empty .npy
+        raise FrameCacheError(f"{folder}: damaged frame cache ({exc or type(exc).__name__}); delete the folder to decode again") from None
+    _check_labels(folder / f"{split}_labels.npy", labels, n_classes)
     expected = (len(labels), packed_row_bytes(shape))
     if packed.dtype != np.uint8 or packed.shape != expected or (sources is not None and len(sources) != len(labels)):
         raise FrameCacheError(f"{folder}/{split}_frames.npy: {packed.dtype} {packed.shape}, expected uint8 {expected} "
                               f"for {len(labels)} labels of shape {shape}; delete the folder to decode again")
     return FrameDataset.from_packed(packed, shape, labels, sources)
+
+
+def _check_labels(path: Path, labels: np.ndarray, n_classes: Optional[int]) -> None:
+    """Labels are integers, one per sample, each a class of the dataset (0..n_classes-1)."""
+    if labels.dtype.kind not in "iu" or labels.ndim != 1:
+        raise FrameCacheError(f"{path}: labels must be a list of integers, got {labels.dtype} {labels.shape}; "
+                              f"delete the folder to decode again")
+    if n_classes is not None and len(labels) and (labels.min() < 0 or labels.max() >= n_classes):
+        raise FrameCacheError(f"{path}: labels hold {int(labels.min())}..{int(labels.max())}, the dataset's classes are "
+                              f"0..{n_classes - 1}; delete the folder to decode again")

@@ -110,11 +110,20 @@ def canonical(recipe: Recipe) -> str:
     return json.dumps(recipe.to_dict(), sort_keys=True)
 
 
-def _parse_value(text: str) -> Any:
+MAX_KEY_PARTS = 4  # the deepest recipe field is data.synthetic.<name>
+
+
+def _parse_value(item: str, text: str) -> Any:
     try:
         return tomllib.loads(f"v = {text}")["v"]
     except tomllib.TOMLDecodeError:
         return text  # a bare word is a string: --set data.name=nmnist
+    except RecursionError:  # tomllib's own limit on nesting
+        raise RecipeError(f"--set {_short(item)}: the value is nested too deep") from None
+
+
+def _short(text: str, limit: int = 80) -> str:
+    return repr(text if len(text) <= limit else text[:limit] + "...")
 
 
 def apply_overrides(raw: Dict[str, Any], overrides: Sequence[str]) -> Dict[str, Any]:
@@ -122,15 +131,17 @@ def apply_overrides(raw: Dict[str, Any], overrides: Sequence[str]) -> Dict[str, 
     raw = {k: (dict(v) if isinstance(v, Mapping) else v) for k, v in raw.items()}
     for item in overrides:
         if "=" not in item:
-            raise RecipeError(f"--set {item!r}: expected section.key=value")
+            raise RecipeError(f"--set {_short(item)}: expected section.key=value")
         path, text = item.split("=", 1)
         keys = path.strip().split(".")
+        if len(keys) > MAX_KEY_PARTS:
+            raise RecipeError(f"--set {_short(item)}: a recipe key has at most {MAX_KEY_PARTS} dotted parts")
         node = raw
         for k in keys[:-1]:
             node = node.setdefault(k, {})
             if not isinstance(node, dict):
-                raise RecipeError(f"--set {item!r}: {k} is not a table")
-        node[keys[-1]] = _parse_value(text.strip())
+                raise RecipeError(f"--set {_short(item)}: {k} is not a table")
+        node[keys[-1]] = _parse_value(item, text.strip())
     return raw
 
 
@@ -140,9 +151,13 @@ def read_toml(path: str | Path, what: str = "recipe") -> Dict[str, Any]:
     if not path.is_file():
         raise RecipeError(f"{path}: {what} file not found")
     try:
-        return tomllib.loads(path.read_text())
+        return tomllib.loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as exc:  # TOML is UTF-8 by definition
+        raise RecipeError(f"{path}: not valid TOML (not UTF-8: {exc.reason} at byte {exc.start})") from None
     except tomllib.TOMLDecodeError as exc:
-        raise RecipeError(f"{path}: not valid TOML ({exc})") from exc
+        raise RecipeError(f"{path}: not valid TOML ({exc})") from None
+    except RecursionError as exc:  # tomllib refuses nesting deeper than its limit this way
+        raise RecipeError(f"{path}: not valid TOML ({exc})") from None
 
 
 def load_recipe(path: str | Path, overrides: Sequence[str] = ()) -> Recipe:
