@@ -63,3 +63,21 @@ def trained_run(tmp_path_factory, small_data):
     run = tmp_path_factory.mktemp("run")
     train(_recipe(**{"training.epochs": 2, "optimizer.name": "baseline", "model.alpha": 2.0}), run, progress=False, data=data)
     return run
+
+
+def cli_error(capsys, *argv):
+    """(exit code, the one stderr line) of an in-process ``sast-deploy`` command that fails:
+    one line, no traceback; an argparse refusal (usage and error lines, exit 2) gives its
+    error line."""
+    from sast_deploy.cli import main
+
+    try:
+        code = main([str(a) for a in argv])
+    except SystemExit as exc:  # argparse
+        code = exc.code
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err and "Traceback" not in "\n".join(err), err
+    if code == 2 and err[0].startswith("usage:"):
+        err = [line for line in err if not line.startswith(("usage:", " "))]
+    assert len(err) == 1, err
+    return code, err[0]

@@ -14,7 +14,7 @@ import numpy as np
 from ..errors import RunError
 from ..fileio import atomic_write_bytes, atomic_write_text, read_json
 from .study import Method
-from ..validation import file_data, output_data, validated
+from ..validation import Seed, Size0, file_data, output_data, validated
 
 SHARPNESS_RHO = 0.05  # perturbation norm of the sharpness estimate (weight units), the same for all runs
 DIAGNOSTICS_VERSION = 2  # 2: margins in surrogate mode too, band fractions; older caches are recomputed
@@ -36,8 +36,8 @@ class StudyIndex:
 
     name: str
     base: str
-    seeds: Tuple[int, ...]
-    lava_samples: int
+    seeds: Tuple[Seed, ...]
+    lava_samples: Size0
     methods: Tuple[Method, ...]
 
 

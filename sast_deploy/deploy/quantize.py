@@ -31,7 +31,7 @@ from ..errors import SastDeployError
 from ..functional.lif import (LOIHI_ACT_SHIFT, LOIHI_DECAY_UNITY, LOIHI_STATE_BITS, LOIHI_VTH_BITS, LOIHI_WEIGHT_BITS,
                              decay_to_fixed_point)
 from ..training.model import SpikingNet, non_finite_parameters
-from ..validation import file_data, validated
+from ..validation import check_ranges, file_data, ranged, validated
 
 DEFAULT_SPEC = Path(__file__).resolve().parents[2] / "export" / "loihi2.toml"
 
@@ -47,14 +47,11 @@ class Loihi2Spec:
     neuron model (:mod:`sast_deploy.functional.lif`), not chosen here."""
 
     name: str = "loihi2"
-    weight_bits: int = LOIHI_WEIGHT_BITS  # signed weight mantissa bits
-    vth_bits: int = LOIHI_VTH_BITS  # unsigned threshold mantissa bits
+    weight_bits: ranged(int, ge=2, le=LOIHI_WEIGHT_BITS) = LOIHI_WEIGHT_BITS  # signed weight mantissa bits
+    vth_bits: ranged(int, ge=1, le=LOIHI_VTH_BITS) = LOIHI_VTH_BITS  # unsigned threshold mantissa bits
 
     def __post_init__(self):
-        if not 2 <= self.weight_bits <= LOIHI_WEIGHT_BITS:
-            raise QuantizationError(f"weight_bits must be in 2..{LOIHI_WEIGHT_BITS}, got {self.weight_bits}")
-        if not 1 <= self.vth_bits <= LOIHI_VTH_BITS:
-            raise QuantizationError(f"vth_bits must be in 1..{LOIHI_VTH_BITS}, got {self.vth_bits}")
+        check_ranges(self, "", QuantizationError)
 
     @classmethod
     def from_toml(cls, path: str | Path) -> "Loihi2Spec":
