@@ -281,7 +281,7 @@ def _layer_keys(groups: h5py.Group, path: Path) -> List[str]:
     """'0', '1', ... 'n-1': netx reads layers in this order, so a gap or another name is refused."""
     keys = list(groups.keys())
     expected = [str(i) for i in range(len(keys))]
-    if sorted(keys, key=lambda k: (len(k), k)) != expected:
+    if not keys or sorted(keys, key=lambda k: (len(k), k)) != expected:
         raise NetxFormatError(f"{path}: /layer must hold groups 0, 1, ... without gaps (found {sorted(keys)[:20]})")
     return expected
 
