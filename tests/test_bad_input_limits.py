@@ -301,3 +301,52 @@ def test_write_dataset_refuses_settings_it_would_ignore(tmp_path, capsys, overri
     code, err = cli_error(capsys, "write-dataset", "synthetic-nmnist", "--out", tmp_path / "d", "--set", override, "--quiet")
     assert code == 2 and message in err
     assert not (tmp_path / "d").exists()
+
+
+# --- 10. netx HDF5 files from elsewhere ----------------------------------------------------------
+
+
+@pytest.fixture
+def netx_file(tmp_path):
+    from sast_deploy.deploy.export import write_netx
+    from sast_deploy.deploy.quantize import quantize
+
+    torch.manual_seed(0)
+    return write_netx(quantize(build_model(ModelConfig(hidden=(4,)), (2, 3, 3), 2)), tmp_path / "n.h5")
+
+
+def _replace(f, key, value):
+    del f[key]
+    f[key] = value
+
+
+@pytest.mark.parametrize("edit,message", [
+    (lambda f, d: _replace(f, "layer/1/weight", __import__("h5py").ExternalLink(str(d / "notes.txt"), "/x")),
+     "/layer/1/weight is an external link"),
+    (lambda f, d: _replace(f, "layer/1/weight", __import__("h5py").ExternalLink(str(d / "other.h5"), "/layer/1/weight")),
+     "/layer/1/weight is an external link"),  # even to a readable HDF5 file
+    (lambda f, d: _replace(f, "layer/1/weight", __import__("h5py").SoftLink("/layer/1/weight")), "/layer/1/weight is a soft link"),
+    (lambda f, d: f["layer/1"].__setitem__("alias", __import__("h5py").SoftLink("/layer/2")), "/layer/1/alias is a soft link"),
+    (lambda f, d: (f["layer/1"].__delitem__("weight"), f["layer/1"].create_dataset("weight", shape=(10**6, 10**6), dtype="i8",
+                                                                                     chunks=(1, 1000))),
+     "/layer/1/weight declares shape (1000000, 1000000); at most 134217728 values"),
+    (lambda f, d: (f["layer/1"].__delitem__("weight"), f["layer/1"].create_dataset("weight", data=np.ones((9, 18), dtype=np.int8))),
+     "/layer/1/weight has shape (9, 18), expected (4, 18)"),
+    (lambda f, d: f["layer"].move("2", "5"), "/layer must hold groups 0, 1, ... without gaps (found ['0', '1', '5'])"),
+    (lambda f, d: f["layer/1/neuron"].create_group("deeper").create_group("still"), "nested deeper than a netx network"),
+    (lambda f, d: f["layer/1"].attrs.__setitem__("scale", "abc"), "attribute /layer/1 scale must be one finite number"),
+])
+def test_netx_files_hold_their_data_themselves(netx_file, tmp_path, capsys, trained_run, edit, message):
+    from sast_deploy.deploy.export import NetxFormatError, read_netx
+
+    (tmp_path / "notes.txt").write_text("not hdf5")
+    shutil.copy(netx_file, tmp_path / "other.h5")
+    import h5py
+
+    with h5py.File(netx_file, "a") as f:
+        edit(f, tmp_path)
+    with pytest.raises(NetxFormatError) as info:
+        read_netx(netx_file)
+    assert message in str(info.value) and str(info.value).startswith(str(netx_file))
+    code, err = cli_error(capsys, "simulate", netx_file, "--run", trained_run, "--quiet", "--out", tmp_path / "s.json")
+    assert code == 2 and message in err and not (tmp_path / "s.json").exists()
