@@ -133,7 +133,9 @@ def test_a_network_too_large_is_refused_with_its_estimate(recipe_file, tmp_path,
 def test_the_memory_bound_follows_ulimit_v(recipe_file, tmp_path, capsys, monkeypatch):
     import resource
 
+    assert fp._address_space_used() > 10**8  # this process, torch loaded (Linux /proc)
     monkeypatch.setattr(resource, "getrlimit", lambda kind: (10**9, resource.RLIM_INFINITY))  # ulimit -v ~ 1 GB
+    monkeypatch.setattr(fp, "_address_space_used", lambda: 0)
     assert fp.memory_bound() == int(0.8 * 10**9)
     code, err = cli_error(capsys, "train", "--config", recipe_file, "--set", "model.hidden=[20000]",
                           "--out", tmp_path / "run")

@@ -104,13 +104,26 @@ def _conv_layers(config, shape: Tuple[int, ...]) -> Tuple[Tuple[int, int, int], 
 
 
 def memory_bound() -> int:
-    """Bytes a network may take: :data:`MEMORY_FRACTION` of physical memory, or of the
-    address-space limit (``ulimit -v``) when that is lower."""
+    """Bytes a network may take: :data:`MEMORY_FRACTION` of physical memory, or of what the
+    address-space limit (``ulimit -v``) leaves this process when that is lower."""
     total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     soft, _ = resource.getrlimit(resource.RLIMIT_AS)
     if soft != resource.RLIM_INFINITY:
-        total = min(total, soft)
+        total = min(total, max(0, soft - _address_space_used()))
     return int(MEMORY_FRACTION * total)
+
+
+def _address_space_used() -> int:
+    """Bytes of address space this process already maps (torch's libraries alone take GBs), 0
+    where /proc does not tell."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmSize:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
 
 
 def gigabytes(n: int) -> str:
