@@ -318,8 +318,12 @@ def _read_layer(g: h5py.Group, kind: str, shape: Tuple[int, ...], spec: Loihi2Sp
     out_shape = tuple(int(s) for s in _int_array(g, "shape", path))
     if not out_shape or min(out_shape) < 1:
         raise NetxFormatError(f"{path}: {g.name}/shape must hold positive sizes, got {out_shape}")
-    if kind == "dense":
-        return _read_dense(g, shape, out_shape, spec, path)
+    return (_read_dense if kind == "dense" else _read_conv)(g, shape, out_shape, spec, path)
+
+
+def _read_conv(g: h5py.Group, shape: Tuple[int, ...], out_shape: Tuple[int, ...], spec: Loihi2Spec, path: Path) -> QuantizedLayer:
+    """A conv (or pool) layer; its weight's declared shape is checked against the input and
+    ``out_shape`` before the weight is read."""
     stride, padding = (_pair(g, key, path) for key in ("stride", "padding"))
     groups = _int_scalar(g, "groups", path)
     if min(stride) < 1 or min(padding) < 0 or groups < 1 or len(shape) != 3 or shape[0] % groups:
