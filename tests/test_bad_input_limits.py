@@ -160,6 +160,7 @@ def test_a_model_file_that_declares_a_huge_network_is_refused_before_allocating(
     (b"x = " + b"[" * 5000 + b"]" * 5000 + b"\n", "not valid TOML (TOML inline arrays/tables are nested"),
     (b"x = " + b"[" * 300 + b"]" * 300 + b"\n", "is nested too deep"),
     (".".join(["a"] * 3000).encode() + b" = 1\n", "not valid TOML (TOML key has more than"),
+    (b"[model]\nhidden = [" + b"1," * 600_000 + b"1]\n", "1200019 bytes; a recipe file is at most 1048576 bytes"),
 ])
 def test_unreadable_recipe_files_are_one_line(tmp_path, capsys, content, message):
     path = tmp_path / "bad.toml"

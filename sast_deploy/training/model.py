@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from ..functional.lif import SPIKE_MODES, SURROGATES, LIFState, lif_initial_state, lif_parameters, lif_step
-from .footprint import check_parameters
+from .footprint import MAX_HIDDEN_LAYERS, check_parameters
 from ..validation import Count, Fraction, Positive, Size0, check_ranges, file_data
 
 ARCHS = ("mlp", "conv")
@@ -45,6 +45,8 @@ class ModelConfig:
     v_th_scale: Tuple[Positive, ...] = ()  # per-layer threshold multipliers (post-hoc calibration); () = all 1
 
     def __post_init__(self):
+        if len(self.hidden) > MAX_HIDDEN_LAYERS:  # first: a list of millions is refused before it is walked
+            raise ValueError(f"model.hidden has {len(self.hidden)} layers; at most {MAX_HIDDEN_LAYERS} are supported")
         if self.surrogate not in SURROGATES:
             raise ValueError(f"model.surrogate: unknown surrogate family {self.surrogate!r}; known: {', '.join(SURROGATES)}")
         if self.arch not in ARCHS:

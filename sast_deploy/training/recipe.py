@@ -111,6 +111,7 @@ def canonical(recipe: Recipe) -> str:
 
 
 MAX_KEY_PARTS = 4  # the deepest recipe field is data.synthetic.<name>
+MAX_TOML_BYTES = 1 << 20  # recipes, studies, specs and hardware configs are a few hundred bytes
 
 
 def _parse_value(item: str, text: str) -> Any:
@@ -150,6 +151,9 @@ def read_toml(path: str | Path, what: str = "recipe") -> Dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise RecipeError(f"{path}: {what} file not found")
+    size = path.stat().st_size
+    if size > MAX_TOML_BYTES:  # tomllib takes ~1 s of CPU per MB before anything could be checked
+        raise RecipeError(f"{path}: {size} bytes; a {what} file is at most {MAX_TOML_BYTES} bytes")
     try:
         return tomllib.loads(path.read_bytes().decode("utf-8"))
     except UnicodeDecodeError as exc:  # TOML is UTF-8 by definition
