@@ -123,7 +123,7 @@ def test_footprint_counts_the_parameters_and_neurons_the_network_has(config, inp
 @pytest.mark.parametrize("hidden,message", [
     ("[100000000]", "weights need 929 GB"),
     ("[" + ", ".join(["1"] * 5000) + "]", "model.hidden has 5000 layers; at most 64"),
-])
+], ids=["1e8-wide", "5000-layers"])
 def test_a_network_too_large_is_refused_with_its_estimate(recipe_file, tmp_path, capsys, hidden, message):
     code, err = cli_error(capsys, "train", "--config", recipe_file, "--set", f"model.hidden={hidden}", "--out", tmp_path / "run")
     assert code == 2 and message in err
@@ -160,8 +160,8 @@ def test_a_model_file_that_declares_a_huge_network_is_refused_before_allocating(
     (b"x = " + b"[" * 5000 + b"]" * 5000 + b"\n", "not valid TOML (TOML inline arrays/tables are nested"),
     (b"x = " + b"[" * 300 + b"]" * 300 + b"\n", "is nested too deep"),
     (".".join(["a"] * 3000).encode() + b" = 1\n", "not valid TOML (TOML key has more than"),
-    (b"[model]\nhidden = [" + b"1," * 600_000 + b"1]\n", "1200019 bytes; a recipe file is at most 1048576 bytes"),
-])
+    (b"[model]\nhidden = [" + b"1," * 600_000 + b"1]\n", "1200021 bytes; a recipe file is at most 1048576 bytes"),
+], ids=["latin-1", "nested-5000", "nested-300", "key-3000-parts", "1.2-MB"])
 def test_unreadable_recipe_files_are_one_line(tmp_path, capsys, content, message):
     path = tmp_path / "bad.toml"
     path.write_bytes(content)
@@ -175,7 +175,7 @@ def test_unreadable_recipe_files_are_one_line(tmp_path, capsys, content, message
 @pytest.mark.parametrize("override,message", [
     (".".join(["a"] * 3000) + "=1", "a recipe key has at most 4 dotted parts"),
     ("model.hidden=" + "[" * 5000 + "]" * 5000, "the value is nested too deep"),
-])
+], ids=["key-3000-parts", "value-nested-5000"])
 def test_hostile_overrides_are_one_line(recipe_file, tmp_path, capsys, override, message):
     code, err = cli_error(capsys, "train", "--config", recipe_file, "--set", override, "--out", tmp_path / "run")
     assert code == 2 and message in err and len(err) < 400
