@@ -191,7 +191,7 @@ def cache_copy(small_data, tmp_path):
 
 
 @pytest.mark.parametrize("labels,message", [
-    (None, "train_labels.npy: damaged frame cache (No data left in file)"),  # a 0-byte file
+    (None, r"train_labels\.npy: damaged frame cache \(No data left in file\)"),  # a 0-byte file
     (np.full(10, 99), "labels hold 99..99, the dataset's classes are 0..9"),
     (np.full(10, -1), "labels hold -1..-1"),
     (np.zeros(10, dtype=np.float32), "labels must be a list of integers, got float32"),
