@@ -29,8 +29,10 @@ from .errors import EXIT_BAD_INPUT, EXIT_SIGINT, EXIT_SIGTERM, SastDeployError, 
 from .deploy.export import EXPORT_TARGETS
 from .deploy.quantize import QuantizationError
 from .deploy.simulate import DEFAULT_CONV_COPIES, DEFAULT_COPIES
+from .functional.lif import LOIHI_WEIGHT_BITS
 from .signals import terminate_raises
 from .configs import recipe_path
+from .validation import SEED_MAX
 
 DEMO_RECIPE = "demo.toml"
 DEMO_ARCTAN_RECIPE = "demo-arctan.toml"
@@ -158,8 +160,7 @@ def cmd_precision(args) -> int:
     from .analysis.precision import precision_markdown, precision_table
     from .fileio import atomic_write_text
 
-    bits = tuple(int(b) for b in args.bits.split(","))
-    table = precision_table(args.run_dirs, bits)
+    table = precision_table(args.run_dirs, args.bits)
     md = precision_markdown(table)
     print(md)
     if args.out:
@@ -248,6 +249,9 @@ def cmd_write_dataset(args) -> int:
     from .training.recipe import RecipeError, apply_overrides, recipe_from_dict
     from .data.tonic_layout import LAYOUTS, write_tonic_tree
 
+    ignored = [item for item in args.set if not item.split("=", 1)[0].strip().startswith("data.")]
+    if ignored:  # a dataset has no model or optimizer: such a setting would be accepted and ignored
+        raise RecipeError(f"--set {ignored[0]!r}: write-dataset takes only data.* fields")
     recipe = recipe_from_dict(apply_overrides({"data": {"name": args.dataset}}, args.set), source="--set")
     counts = {"train": args.train, "test": args.test} if (args.train or args.test) else None
     if counts and min(counts.values()) < 1:
@@ -257,6 +261,43 @@ def cmd_write_dataset(args) -> int:
     print(f"wrote {folder}; train on it: sast-deploy train --config {LAYOUTS[args.dataset].real_name} "
           f"--set data.data_dir={args.out} --out RUN_DIR")
     return 0
+
+
+# --- option values: argparse types that check the range (argparse reports them, exit 2) ------
+
+
+def int_in(lo: int, hi: int):
+    """An argparse type: an integer in [lo, hi]."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if not lo <= value <= hi:
+            raise argparse.ArgumentTypeError(f"must be in [{lo}, {hi}], got {value}")
+        return value
+
+    return parse
+
+
+def fraction(text: str) -> float:
+    """An argparse type: a number in (0, 1] (nan and inf are not)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {text!r}") from None
+    if not 0 < value <= 1:  # false for nan
+        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {text}")
+    return value
+
+
+def weight_bits_list(text: str) -> tuple:
+    """An argparse type: distinct weight mantissa widths, comma-separated ('8,6,4'), each 2..8."""
+    one = int_in(2, LOIHI_WEIGHT_BITS)
+    bits = tuple(one(part.strip()) for part in text.split(","))
+    if len(set(bits)) != len(bits):
+        raise argparse.ArgumentTypeError(f"each width once, got {text!r}")
+    return bits
 
 
 # --- the parser: shared options as parent parsers, then one function per command -------------
@@ -379,7 +420,7 @@ def add_calibrate(sub, o: Shared) -> None:
     p = sub.add_parser("calibrate", parents=[o.quiet, o.out("run directory for the calibrated network", required=True)],
                        help="post-hoc per-layer threshold calibration of a run on a split of its training data")
     p.add_argument("run_dir")
-    p.add_argument("--fraction", type=float, default=0.1, help="fraction of training source images used for calibration")
+    p.add_argument("--fraction", type=fraction, default=0.1, help="fraction of training source images used for calibration, in (0, 1]")
     p.set_defaults(func=cmd_calibrate)
 
 
@@ -387,7 +428,7 @@ def add_robustness(sub, o: Shared) -> None:
     p = sub.add_parser("robustness", parents=[o.quiet, o.out("directory for robustness.json, .md and .png", required=True)],
                        help="hard-spike accuracy (emulator) under event drop, noise, jitter and polarity flips")
     p.add_argument("run_dirs", nargs="+", help="runs on the same dataset (e.g. baseline and SAST)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int_in(0, SEED_MAX), default=0, help=f"seed of the corruptions, 0..{SEED_MAX}")
     p.set_defaults(func=cmd_robustness)
 
 
@@ -395,7 +436,8 @@ def add_precision(sub, o: Shared) -> None:
     p = sub.add_parser("precision", parents=[o.out("also write the table as JSON")],
                        help="hard-spike accuracy and SynOps of runs at 8/6/4-bit weights (emulator), mean ± std per method")
     p.add_argument("run_dirs", nargs="+")
-    p.add_argument("--bits", default="8,6,4")
+    p.add_argument("--bits", type=weight_bits_list, default=(8, 6, 4), metavar="B1,B2",
+                   help=f"weight mantissa widths, each 2..{LOIHI_WEIGHT_BITS} (default 8,6,4)")
     p.set_defaults(func=cmd_precision)
 
 

@@ -99,3 +99,21 @@ def random_conv_net(seed: int, in_shape=(2, 9, 8), channels: int = 4, kernel=(3,
     wd.flat[:2] = [-128, 127]
     layers.append(QuantizedLayer("dense", wd, vths[2], dvs[2], 4096, 1.0, (n,), (classes,)))
     return QuantizedNet(layers, tuple(in_shape), classes)
+
+
+def cli_error(capsys, *argv):
+    """(exit code, the one stderr line) of an in-process ``sast-deploy`` command that fails:
+    one line, no traceback; an argparse refusal (usage and error lines, exit 2) gives its
+    error line."""
+    from sast_deploy.cli import main
+
+    try:
+        code = main([str(a) for a in argv])
+    except SystemExit as exc:  # argparse
+        code = exc.code
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err and "Traceback" not in "\n".join(err), err
+    if code == 2 and err[0].startswith("usage:"):
+        err = [line for line in err if not line.startswith(("usage:", " "))]
+    assert len(err) == 1, err
+    return code, err[0]

@@ -28,6 +28,7 @@ from ..deploy.quantize import quantize
 from ..errors import RunError
 from ..training.evaluate import accuracy_pct
 from ..training.runs import load_run
+from ..validation import SEED_MAX
 
 # name: (what the severity measures, severities)
 CORRUPTIONS: Dict[str, tuple] = {
@@ -106,6 +107,8 @@ def robustness(run_dirs: Sequence[str | Path], seed: int = 0, progress: bool = T
     """Emulator accuracy (percent) of each run under each corruption and severity (0 = clean)."""
     from tqdm import tqdm
 
+    if not 0 <= seed <= SEED_MAX:  # numpy's global seeding (tonic's transforms) takes no other
+        raise RunError(f"robustness: seed must be in [0, {SEED_MAX}], got {seed}")
     runs = [(str(r), *load_run(r)) for r in run_dirs]
     data_cfgs = {json.dumps(dataclasses.asdict(r[2].data), sort_keys=True, default=str) for r in runs}
     if len(data_cfgs) > 1:

@@ -36,7 +36,7 @@ from typing import List, Optional, Sequence, Tuple
 from ..errors import RunError, SastDeployError
 from ..training.recipe import Recipe, RecipeError, canonical, load_recipe, read_toml
 from ..fileio import atomic_write_text, read_json
-from ..validation import file_data, validated
+from ..validation import Seed, Size0, check_ranges, file_data, validated
 
 
 SLUG = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
@@ -70,9 +70,14 @@ class StudyFile:
 
     base: str  # the recipe the methods modify
     name: str = ""
-    seeds: Tuple[int, ...] = (0, 1, 2)
-    lava_samples: int = 200
+    seeds: Tuple[Seed, ...] = (0, 1, 2)
+    lava_samples: Size0 = 200  # 0 = the whole test split
     method: Tuple[Method, ...] = ()
+
+    def __post_init__(self):
+        check_ranges(self, "")
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"seeds must be distinct and at least one, got {list(self.seeds)}")
 
 
 @dataclass(frozen=True)
@@ -119,8 +124,8 @@ class StudyIndex:
 
     name: str
     base: str
-    seeds: Tuple[int, ...]
-    lava_samples: int
+    seeds: Tuple[Seed, ...]
+    lava_samples: Size0
     methods: Tuple[Method, ...]
 
 

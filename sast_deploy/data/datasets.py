@@ -23,8 +23,10 @@ import functools
 import hashlib
 import json
 import os
+import re
+import tempfile
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -34,7 +36,11 @@ from ..fileio import atomic_directory, atomic_save_npz
 from .frames import FRAME_CACHE_FORMAT, FrameDataset, decoded_rows, default_workers, read_split, write_meta, write_split
 from .synthetic import EventSplit, SyntheticNMNISTConfig, generate_synthetic_nmnist
 from .synthetic_gesture import SyntheticGestureConfig, generate_synthetic_gesture
-from ..validation import file_data, validated
+from ..validation import Count, Seed, Size0, check_ranges, file_data, ranged, validated
+
+MAX_WORKERS = 256  # decoding processes; more is a typo, not a machine
+Workers = ranged(int, ge=0, le=MAX_WORKERS)
+DownsampleFactor = ranged(float, gt=0, le=1)
 
 
 @dataclass(frozen=True)
@@ -85,27 +91,21 @@ class DataConfig:
     """The data section of a recipe. Times in microseconds (us)."""
 
     name: str = "synthetic-nmnist"
-    n_time_bins: int = 30
-    denoise_us: int = 0  # tonic Denoise filter_time; 0 = off
-    spatial_factor: float = 1.0  # tonic Downsample factor (e.g. 0.25 for 128x128 DVS Gesture -> 32x32)
+    n_time_bins: Count = 30
+    denoise_us: Size0 = 0  # tonic Denoise filter_time; 0 = off
+    spatial_factor: DownsampleFactor = 1.0  # tonic Downsample factor (e.g. 0.25 for 128x128 DVS Gesture -> 32x32)
     data_dir: str = ""  # root of the real dataset in tonic's layout
     download: bool = False  # let tonic download the real dataset when absent
-    max_train: int = 0  # 0 = all; otherwise a seeded class-stratified subset of N training samples
-    max_test: int = 0
-    subset_seed: int = 0  # seed of the max_train / max_test subsets
-    workers: int = 0  # processes that decode events to frames; 0 = one per CPU
+    max_train: Size0 = 0  # 0 = all; otherwise a seeded class-stratified subset of N training samples
+    max_test: Size0 = 0
+    subset_seed: Seed = 0  # seed of the max_train / max_test subsets
+    workers: Workers = 0  # processes that decode events to frames; 0 = one per CPU
     synthetic: Dict[str, object] = field(default_factory=dict)  # generator overrides (SyntheticNMNISTConfig, SyntheticGestureConfig)
 
     def __post_init__(self):
         if self.name not in DATASETS:
             raise DataError(f"data.name: unknown dataset {self.name!r}; known: {', '.join(DATASETS)}")
-        if self.n_time_bins < 1:
-            raise DataError(f"data.n_time_bins must be >= 1, got {self.n_time_bins}")
-        if not 0 < self.spatial_factor <= 1:
-            raise DataError(f"data.spatial_factor must be in (0, 1], got {self.spatial_factor}")
-        for name in ("max_train", "max_test", "workers"):
-            if getattr(self, name) < 0:
-                raise DataError(f"data.{name} must be >= 0, got {getattr(self, name)}")
+        check_ranges(self, "data", DataError)
         if self.synthetic and not self.spec.generated:
             raise DataError(f"data.synthetic: only the generated datasets ({', '.join(GENERATED)}) take it, not {self.name!r}")
         if self.spec.generated:
@@ -135,9 +135,33 @@ class DataConfig:
         return (self.n_time_bins,) + self.input_shape()
 
 
+CACHE_ENV = "SAST_DEPLOY_CACHE"
+
+
 def cache_dir() -> Path:
-    """Where generated data and frames are cached (outside git): $SAST_DEPLOY_CACHE or ~/.cache/sast-deploy."""
-    return Path(os.environ.get("SAST_DEPLOY_CACHE", Path.home() / ".cache" / "sast-deploy"))
+    """Where generated data and frames are cached (outside git): $SAST_DEPLOY_CACHE (made
+    absolute) or ~/.cache/sast-deploy. Checked before any work: it is created when missing,
+    and must be a folder this process can write to."""
+    value = os.environ.get(CACHE_ENV)
+    if value is not None and not value.strip():
+        raise DataError(f"{CACHE_ENV} is set but empty; unset it (cache in ~/.cache/sast-deploy) or name a folder")
+    path = Path(value).expanduser().absolute() if value is not None else Path.home() / ".cache" / "sast-deploy"
+    _check_writable_folder(path)
+    return path
+
+
+def _check_writable_folder(path: Path) -> None:
+    """Create ``path`` if missing and write a probe file there (permission bits do not tell
+    for root, nor for a read-only mount)."""
+    where = f"{CACHE_ENV}={path}" if os.environ.get(CACHE_ENV) else f"dataset cache {path}"
+    if path.exists() and not path.is_dir():
+        raise DataError(f"{where}: not a folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as exc:
+        raise DataError(f"{where}: cannot write there ({exc.strerror or exc})") from None
 
 
 def load_synthetic_events(data: DataConfig, progress: bool = True) -> Tuple[EventSplit, EventSplit]:
@@ -346,7 +370,8 @@ def load_dataset(cfg: DataConfig, progress: bool = True) -> Tuple[FrameDataset, 
         sources = files or {split: _split_source(cfg, split, progress) for split in SPLITS}
         splits = {split: _recipe_subset(cfg, split, sources[split]) for split in SPLITS}
         _write_frames_cache(cfg, splits, folder, progress)
-    return read_split(folder, "train"), read_split(folder, "test")
+    n = cfg.spec.n_classes
+    return read_split(folder, "train", n), read_split(folder, "test", n)
 
 
 def _write_frames_cache(cfg: DataConfig, splits: Dict[str, Recordings], folder: Path, progress: bool) -> None:
@@ -455,6 +480,7 @@ def real_event_dataset(cfg: DataConfig, train: bool):
     root = _real_root(cfg)
     base = getattr(td, cfg.spec.tonic_class)
     suffix = cfg.spec.file_suffix
+    check_class_folders(cfg, root / base.__name__ / TONIC_SPLIT_FOLDERS[base.__name__][0 if train else 1])
 
     class Extracted(base):
         def _check_exists(self) -> bool:
@@ -466,6 +492,49 @@ def real_event_dataset(cfg: DataConfig, train: bool):
     # tonic derives the dataset folder from the class name (<data_dir>/NMNIST/...)
     Extracted.__name__ = Extracted.__qualname__ = base.__name__
     return Extracted(save_to=str(root), train=train)
+
+
+#: tonic class -> its (train, test) folders under <data_dir>/<class>/
+TONIC_SPLIT_FOLDERS = {"NMNIST": ("Train", "Test"), "DVSGesture": ("ibmGestureTrain", "ibmGestureTest")}
+SKIPPED = ""  # a file tonic does not list
+
+
+def _nmnist_label(rel: PurePath) -> Optional[str]:
+    """tonic labels an N-MNIST recording by the last character of its folder's path: only
+    <split>/<class>/<file> gives the class that was meant."""
+    return rel.parts[0] if len(rel.parts) == 2 else None
+
+
+def _dvsgesture_label(rel: PurePath) -> Optional[str]:
+    """tonic labels a DVS Gesture recording by its file name (<class>.npy) in a user<NN>_<lighting>
+    folder and skips files at the split's top."""
+    if len(rel.parts) == 1:
+        return SKIPPED
+    if len(rel.parts) != 2 or not re.fullmatch(r"user\d+_.+", rel.parts[0]):
+        return None
+    return rel.name[: -len(".npy")]
+
+
+#: tonic class -> the label tonic gives a recording at this path (relative to its split folder)
+TONIC_LABELS: Dict[str, Callable[[PurePath], Optional[str]]] = {"NMNIST": _nmnist_label, "DVSGesture": _dvsgesture_label}
+
+
+def check_class_folders(cfg: DataConfig, split_folder: Path) -> None:
+    """Every recording tonic would list under ``split_folder`` sits where tonic reads one of the
+    dataset's classes from its path. tonic parses labels from names (N-MNIST: int of the last
+    character of the folder, so a folder '10' would be class 0 and 'notadigit' an exception
+    inside tonic); this check names the file first."""
+    if not split_folder.is_dir():
+        return  # nothing extracted yet (download = true), or tonic's own message follows
+    classes = {str(c) for c in range(cfg.spec.n_classes)}
+    label_of = TONIC_LABELS[cfg.spec.tonic_class]
+    suffix = cfg.spec.file_suffix.lstrip(".")  # tonic matches the name's end, dot or not
+    for path in sorted(p for p in split_folder.rglob(f"*{suffix}") if p.is_file()):
+        rel = path.relative_to(split_folder)
+        label = label_of(rel)
+        if label != SKIPPED and label not in classes:
+            raise DataError(f"{path}: tonic would take its label from '{rel}', which names none of {cfg.name}'s "
+                            f"classes 0..{cfg.spec.n_classes - 1} (expected {cfg.spec.tonic_class} layout)")
 
 
 def _has_files(folder: Path, suffix: str) -> bool:

@@ -232,20 +232,41 @@ def write_meta(folder: Path, meta: dict) -> None:
     (folder / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
 
 
-def read_split(folder: Path, split: str) -> FrameDataset:
+def read_split(folder: Path, split: str, n_classes: Optional[int] = None) -> FrameDataset:
     """One split of a finished cache folder, its frames memory-mapped read-only; every file is
-    checked against meta.json (never unpickled), and a damaged one is named."""
+    checked against meta.json (never unpickled), the labels against ``n_classes`` (the
+    dataset's classes), and a damaged one is named."""
     try:
         meta = json.loads((folder / "meta.json").read_text())
         shape = tuple(int(v) for v in meta["sample_shape"])
-        packed = np.load(folder / f"{split}_frames.npy", mmap_mode="r", allow_pickle=False)
-        labels = np.load(folder / f"{split}_labels.npy", allow_pickle=False)
-        sources_path = folder / f"{split}_sources.npy"
-        sources = np.load(sources_path, allow_pickle=False) if sources_path.exists() else None
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise FrameCacheError(f"{folder}: damaged frame cache ({exc}); delete the folder to decode again") from None
+        raise FrameCacheError(f"{folder}/meta.json: damaged frame cache ({exc}); delete the folder to decode again") from None
+    packed = _load_npy(folder / f"{split}_frames.npy", mmap_mode="r")
+    labels = _load_npy(folder / f"{split}_labels.npy")
+    sources_path = folder / f"{split}_sources.npy"
+    sources = _load_npy(sources_path) if sources_path.exists() else None
+    _check_labels(folder / f"{split}_labels.npy", labels, n_classes)
     expected = (len(labels), packed_row_bytes(shape))
     if packed.dtype != np.uint8 or packed.shape != expected or (sources is not None and len(sources) != len(labels)):
         raise FrameCacheError(f"{folder}/{split}_frames.npy: {packed.dtype} {packed.shape}, expected uint8 {expected} "
                               f"for {len(labels)} labels of shape {shape}; delete the folder to decode again")
     return FrameDataset.from_packed(packed, shape, labels, sources)
+
+
+def _load_npy(path: Path, **kwargs) -> np.ndarray:
+    """One .npy file of a cache folder, never unpickled; a damaged one is named."""
+    try:
+        return np.load(path, allow_pickle=False, **kwargs)
+    except (OSError, EOFError, ValueError) as exc:  # EOFError: a file of 0 bytes
+        raise FrameCacheError(f"{path}: damaged frame cache ({exc or type(exc).__name__}); "
+                              f"delete the folder to decode again") from None
+
+
+def _check_labels(path: Path, labels: np.ndarray, n_classes: Optional[int]) -> None:
+    """Labels are integers, one per sample, each a class of the dataset (0..n_classes-1)."""
+    if labels.dtype.kind not in "iu" or labels.ndim != 1:
+        raise FrameCacheError(f"{path}: labels must be a list of integers, got {labels.dtype} {labels.shape}; "
+                              f"delete the folder to decode again")
+    if n_classes is not None and len(labels) and (labels.min() < 0 or labels.max() >= n_classes):
+        raise FrameCacheError(f"{path}: labels hold {int(labels.min())}..{int(labels.max())}, the dataset's classes are "
+                              f"0..{n_classes - 1}; delete the folder to decode again")

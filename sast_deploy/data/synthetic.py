@@ -33,7 +33,14 @@ from typing import Dict, List, Tuple
 
 import numpy as np
 
-from ..validation import file_data
+from ..validation import Count, Fraction, NonNegative, Seed, Size0, check_ranges, file_data, ranged
+
+# Ranges of the DVS pixel's parameters, shared by both generators. The bounds that are not
+# physical keep one recording's rendering in memory: frames = duration / render step.
+RenderStep = ranged(int, ge=100, le=100_000)  # us
+ContrastThreshold = ranged(float, gt=0, le=10)  # log-intensity units
+NoiseRate = ranged(float, ge=0, le=1000)  # Hz per pixel and polarity
+Length = ranged(float, gt=0, le=256)  # px, a length on the sensor
 
 # The structured dtype tonic's NMNIST dataset yields, so that the synthetic and the real
 # recordings go through the same tonic transforms.
@@ -60,24 +67,29 @@ class SyntheticNMNISTConfig:
     The cache key is derived from all fields, so any change regenerates the data.
     """
 
-    seed: int = 0
-    train_variants: int = 3  # jittered recordings per training source image
-    test_variants: int = 2  # recordings per test source image
-    test_fraction: float = 0.2  # fraction of source images held out (split by source image)
-    max_sources: int = 0  # 0 = all 1797 load_digits images; tests use a few
-    sensor_px: int = 34
-    digit_size_px: float = 28.0
-    optics_blur_px: float = 0.7
-    saccade_ms: float = 105.0
-    render_step_us: int = 1000
-    background_intensity: float = 0.15  # monitor black level relative to white = 1
-    contrast_threshold: float = 0.5  # log-intensity step per event
-    threshold_mismatch: float = 0.04  # per-pixel std of the contrast threshold
-    refractory_us: int = 1000
-    jitter_us: float = 500.0  # timestamp jitter (std)
-    noise_rate_hz: float = 1.2  # background events per pixel and polarity
-    variant_shift_px: float = 1.0  # std of the random placement of a variant
-    variant_scale: float = 0.06  # std of the relative size of a variant
+    seed: Seed = 0
+    train_variants: Count = 3  # jittered recordings per training source image
+    test_variants: Count = 2  # recordings per test source image
+    test_fraction: ranged(float, gt=0, lt=1) = 0.2  # fraction of source images held out (split by source image)
+    max_sources: Size0 = 0  # 0 = all 1797 load_digits images; tests use a few
+    sensor_px: ranged(int, ge=1, le=34) = 34  # at most the 34x34 of N-MNIST's frames
+    digit_size_px: Length = 28.0
+    optics_blur_px: ranged(float, ge=0, le=256) = 0.7
+    saccade_ms: ranged(float, gt=0, le=1000) = 105.0
+    render_step_us: RenderStep = 1000
+    background_intensity: ranged(float, gt=0, le=1) = 0.15  # monitor black level relative to white = 1 (> 0: log)
+    contrast_threshold: ContrastThreshold = 0.5  # log-intensity step per event
+    threshold_mismatch: Fraction = 0.04  # per-pixel std of the contrast threshold
+    refractory_us: Size0 = 1000
+    jitter_us: NonNegative = 500.0  # timestamp jitter (std)
+    noise_rate_hz: NoiseRate = 1.2  # background events per pixel and polarity
+    variant_shift_px: ranged(float, ge=0, le=256) = 1.0  # std of the random placement of a variant
+    variant_scale: Fraction = 0.06  # std of the relative size of a variant
+
+    def __post_init__(self):
+        check_ranges(self, "data.synthetic")
+        if self.max_sources == 1:
+            raise ValueError("data.synthetic.max_sources must be 0 (all) or >= 2: one source image leaves no training split")
 
     def cache_key(self) -> str:
         return config_cache_key(self, GENERATOR_VERSION)

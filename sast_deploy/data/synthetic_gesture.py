@@ -30,9 +30,12 @@ from typing import Callable, Dict, Tuple
 
 import numpy as np
 
-from .synthetic import (DVSPixel, EventSplit, SyntheticNMNISTConfig, config_cache_key, dvs_pixel_events, generate_parallel,
-                        pack_split)
-from ..validation import file_data
+from .synthetic import (ContrastThreshold, DVSPixel, EventSplit, Length, NoiseRate, RenderStep, SyntheticNMNISTConfig,
+                        config_cache_key, dvs_pixel_events, generate_parallel, pack_split)
+from ..validation import Count, Fraction, NonNegative, Seed, Size0, check_ranges, file_data, ranged
+
+Spread = ranged(float, ge=0, le=256)  # a std or amplitude, relative or in px
+Level = ranged(float, gt=0, le=1)  # an intensity relative to the hand (> 0: its log is taken)
 
 #: Class names and order of tonic's ``DVSGesture`` (image left/right: the subject's right
 #: arm appears on the image's left, as in the real recordings).
@@ -52,33 +55,34 @@ class SyntheticGestureConfig:
     """Parameters of the synthetic gesture generator. Lengths in pixels (px) of the 32x32
     sensor, times in ms or us as named, intensities relative to the hand (= 1)."""
 
-    seed: int = 0
-    n_subjects: int = 29
-    test_subjects: int = 6  # held-out subjects (split by subject, like DVS Gesture)
-    recordings_per_class: int = 4  # per subject and class (lighting sessions, repetitions)
-    max_subjects: int = 0  # 0 = all; tests use a few (train and test subjects alike)
-    sensor_px: int = 32
-    duration_ms: float = 1500.0
-    hand_radius_px: float = 2.2
-    arm_halfwidth_px: float = 1.0
-    edge_px: float = 0.5  # soft edge (optics blur) of hands and arms
-    arm_intensity: float = 0.6
-    torso_intensity: float = 0.4
-    lighting_backgrounds: Tuple[float, ...] = (0.12, 0.2, 0.3)  # background level per lighting condition
-    lighting_noise_factor: Tuple[float, ...] = (1.0, 1.5, 2.0)  # background activity per lighting condition
-    subject_speed_std: float = 0.15  # relative, per subject; x 0.08 more per recording
-    subject_size_std: float = 0.1  # relative
-    subject_shift_px: float = 1.5  # std of the subject's position
-    sway_px: float = 0.4  # amplitude of the slow body sway
+    seed: Seed = 0
+    n_subjects: ranged(int, ge=2, le=10_000) = 29
+    test_subjects: Count = 6  # held-out subjects (split by subject, like DVS Gesture)
+    recordings_per_class: Count = 4  # per subject and class (lighting sessions, repetitions)
+    max_subjects: Size0 = 0  # 0 = all; tests use a few (train and test subjects alike)
+    sensor_px: ranged(int, ge=1, le=32) = 32  # at most the 32x32 of the dataset's frames
+    duration_ms: ranged(float, gt=0, le=60_000) = 1500.0
+    hand_radius_px: Length = 2.2
+    arm_halfwidth_px: Length = 1.0
+    edge_px: Length = 0.5  # soft edge (optics blur) of hands and arms
+    arm_intensity: Level = 0.6
+    torso_intensity: Level = 0.4
+    lighting_backgrounds: Tuple[Level, ...] = (0.12, 0.2, 0.3)  # background level per lighting condition
+    lighting_noise_factor: Tuple[ranged(float, ge=0, le=100), ...] = (1.0, 1.5, 2.0)  # background activity per lighting condition
+    subject_speed_std: Spread = 0.15  # relative, per subject; x 0.08 more per recording
+    subject_size_std: Spread = 0.1  # relative
+    subject_shift_px: Spread = 1.5  # std of the subject's position
+    sway_px: Spread = 0.4  # amplitude of the slow body sway
     # the DVS pixel: defaults are those calibrated on the genuine N-MNIST recording
-    render_step_us: int = _PIXEL.render_step_us
-    contrast_threshold: float = _PIXEL.contrast_threshold
-    threshold_mismatch: float = _PIXEL.threshold_mismatch
-    refractory_us: int = _PIXEL.refractory_us
-    jitter_us: float = _PIXEL.jitter_us
-    noise_rate_hz: float = _PIXEL.noise_rate_hz
+    render_step_us: RenderStep = _PIXEL.render_step_us
+    contrast_threshold: ContrastThreshold = _PIXEL.contrast_threshold
+    threshold_mismatch: Fraction = _PIXEL.threshold_mismatch
+    refractory_us: Size0 = _PIXEL.refractory_us
+    jitter_us: NonNegative = _PIXEL.jitter_us
+    noise_rate_hz: NoiseRate = _PIXEL.noise_rate_hz
 
     def __post_init__(self):
+        check_ranges(self, "data.synthetic")
         object.__setattr__(self, "lighting_backgrounds", tuple(float(b) for b in self.lighting_backgrounds))
         object.__setattr__(self, "lighting_noise_factor", tuple(float(b) for b in self.lighting_noise_factor))
         if len(self.lighting_backgrounds) != len(self.lighting_noise_factor) or not self.lighting_backgrounds:

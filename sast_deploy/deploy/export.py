@@ -28,7 +28,7 @@ import numpy as np
 from ..errors import SastDeployError
 from ..fileio import atomic_write_bytes, atomic_write_text
 from ..functional.lif import LOIHI_DECAY_UNITY
-from .quantize import Loihi2Spec, QuantizationError, QuantizedLayer, QuantizedNet, load_spec, quantize
+from .quantize import Loihi2Spec, QuantizationError, QuantizedLayer, QuantizedNet, conv_out_shape, load_spec, quantize
 
 FORMAT_TAG = "sast-deploy netx v1"
 
@@ -141,12 +141,55 @@ class NetxFormatError(SastDeployError, ValueError):
     """An HDF5 network is missing a field or holds a malformed one; names file and field."""
 
 
-def _field(group: h5py.Group, key: str, path: Path):
+#: Limits on what a netx file may declare, checked before anything is read: a file from
+#: elsewhere is data, and a tiny file can declare a chunked 10^6 x 10^6 dataset.
+MAX_WEIGHTS = 2**27  # elements of one weight dataset (1 GiB as int64; Loihi 2 cores hold far fewer)
+MAX_FIELD_ELEMENTS = 16  # every other dataset: a shape, a stride, a scalar
+MAX_DEPTH = 4  # /layer/<i>/neuron/<field>
+MAX_OBJECTS = 100_000  # groups and datasets in the file
+MAX_METADATA_BYTES = 1 << 20
+#: dtype kinds a field may have: integers, floats, booleans, fixed-length byte strings
+FIELD_KINDS = "iufbS"
+
+
+def _check_links(f: h5py.File, path: Path) -> None:
+    """Walk the file without following anything: a soft or external link anywhere (which h5py
+    would resolve, into another file or in a loop) is refused, as are deep or huge trees."""
+    pending, seen = [(f, 1)], 0
+    while pending:
+        group, depth = pending.pop()
+        for key in group:
+            link = group.get(key, getlink=True)
+            where = f"{group.name.rstrip('/')}/{key}"
+            if isinstance(link, (h5py.SoftLink, h5py.ExternalLink)):
+                kind = "a soft" if isinstance(link, h5py.SoftLink) else "an external"
+                raise NetxFormatError(f"{path}: {where} is {kind} link; a network file must hold its data itself")
+            seen += 1
+            if seen > MAX_OBJECTS:
+                raise NetxFormatError(f"{path}: more than {MAX_OBJECTS} objects")
+            obj = group.get(key)
+            if isinstance(obj, h5py.Group):
+                if depth >= MAX_DEPTH:
+                    raise NetxFormatError(f"{path}: {where} is nested deeper than a netx network ({MAX_DEPTH} levels)")
+                pending.append((obj, depth + 1))
+
+
+def _dataset(group: h5py.Group, key: str, path: Path, max_elements: int = MAX_FIELD_ELEMENTS) -> h5py.Dataset:
+    """The dataset ``group/key``, its declared size and dtype checked (nothing read yet)."""
     if key not in group:
         raise NetxFormatError(f"{path}: missing field {group.name}/{key}")
-    if not isinstance(group[key], h5py.Dataset):
+    ds = group[key]
+    if not isinstance(ds, h5py.Dataset):
         raise NetxFormatError(f"{path}: field {group.name}/{key} must be a dataset, not a group")
-    return group[key][()]
+    if ds.shape is None or ds.size > max_elements:
+        raise NetxFormatError(f"{path}: field {group.name}/{key} declares shape {ds.shape}; at most {max_elements} values")
+    if ds.dtype.kind not in FIELD_KINDS and h5py.check_string_dtype(ds.dtype) is None:
+        raise NetxFormatError(f"{path}: field {group.name}/{key} has dtype {ds.dtype}; numbers or a string expected")
+    return ds
+
+
+def _field(group: h5py.Group, key: str, path: Path, max_elements: int = MAX_FIELD_ELEMENTS):
+    return _dataset(group, key, path, max_elements)[()]
 
 
 def _group(parent: h5py.Group, key: str, path: Path) -> h5py.Group:
@@ -173,8 +216,8 @@ def _int_scalar(group: h5py.Group, key: str, path: Path) -> int:
     return int(value.reshape(-1)[0])
 
 
-def _int_array(group: h5py.Group, key: str, path: Path) -> np.ndarray:
-    value = np.asarray(_field(group, key, path))
+def _int_array(group: h5py.Group, key: str, path: Path, max_elements: int = MAX_FIELD_ELEMENTS) -> np.ndarray:
+    value = np.asarray(_field(group, key, path, max_elements))
     if value.dtype.kind not in "iu":
         if value.dtype.kind == "f" and np.all(np.isfinite(value)) and np.all(value == np.round(value)):
             return value.astype(np.int64)
@@ -196,7 +239,7 @@ def _metadata(f: h5py.File, shape: Tuple[int, ...], path: Path) -> Tuple[Tuple[i
     """The (C, H, W) input shape from the file's metadata (else /layer/0/shape), and the target
     spec the file was written for (None when the file does not record one)."""
     try:
-        meta = json.loads(f.attrs.get("metadata", "{}"))
+        meta = json.loads(_attribute(f, "metadata", "{}", path))
         value = tuple(meta.get("input_shape", shape)) if isinstance(meta, dict) else None
     except (TypeError, ValueError):
         value = None
@@ -223,6 +266,7 @@ def read_netx(path: str | Path, spec: Optional[Loihi2Spec] = None) -> QuantizedN
     except OSError as exc:
         raise NetxFormatError(f"{path}: not an HDF5 file ({exc})") from exc
     with f:
+        _check_links(f, path)
         groups = _group(f, "layer", path)
         shape = _input_layer_shape(groups, path)
         input_shape, recorded = _metadata(f, shape, path)
@@ -234,10 +278,12 @@ def read_netx(path: str | Path, spec: Optional[Loihi2Spec] = None) -> QuantizedN
 
 
 def _layer_keys(groups: h5py.Group, path: Path) -> List[str]:
-    keys = sorted(groups.keys(), key=lambda k: int(k) if k.isdigit() else -1)
-    if not keys or keys[0] != "0":
-        raise NetxFormatError(f"{path}: /layer must hold groups 0, 1, ... (found {keys})")
-    return keys
+    """'0', '1', ... 'n-1': netx reads layers in this order, so a gap or another name is refused."""
+    keys = list(groups.keys())
+    expected = [str(i) for i in range(len(keys))]
+    if not keys or sorted(keys, key=lambda k: (len(k), k)) != expected:
+        raise NetxFormatError(f"{path}: /layer must hold groups 0, 1, ... without gaps (found {sorted(keys)[:20]})")
+    return expected
 
 
 def _input_layer_shape(groups: h5py.Group, path: Path) -> Tuple[int, ...]:
@@ -269,29 +315,73 @@ def _read_layers(groups: h5py.Group, shape: Tuple[int, ...], spec: Loihi2Spec, p
 
 
 def _read_layer(g: h5py.Group, kind: str, shape: Tuple[int, ...], spec: Loihi2Spec, path: Path) -> QuantizedLayer:
-    weight = _read_weight(g, spec, path)
     out_shape = tuple(int(s) for s in _int_array(g, "shape", path))
-    neuron = _read_neuron(g, spec, path)
-    stats = dict(scale=float(g.attrs.get("scale", 1.0)), n_clipped=int(g.attrs.get("n_clipped", 0)),
-                 mean_abs_error=float(g.attrs.get("mean_abs_error", 0.0)))
-    if kind == "dense":
-        n_in = int(np.prod(shape))
-        if weight.ndim != 2 or weight.shape != (out_shape[0], n_in):
-            raise NetxFormatError(f"{path}: {g.name}/weight has shape {weight.shape}, expected {(out_shape[0], n_in)}")
-        return QuantizedLayer("dense", weight, *neuron, in_shape=(n_in,), out_shape=out_shape, **stats)
-    if weight.ndim != 4:
-        raise NetxFormatError(f"{path}: {g.name}/weight must be [out, in/groups, kH, kW], got shape {weight.shape}")
+    if not out_shape or min(out_shape) < 1:
+        raise NetxFormatError(f"{path}: {g.name}/shape must hold positive sizes, got {out_shape}")
+    return (_read_dense if kind == "dense" else _read_conv)(g, shape, out_shape, spec, path)
+
+
+def _read_conv(g: h5py.Group, shape: Tuple[int, ...], out_shape: Tuple[int, ...], spec: Loihi2Spec, path: Path) -> QuantizedLayer:
+    """A conv (or pool) layer; its weight's declared shape is checked against the input and
+    ``out_shape`` before the weight is read."""
     stride, padding = (_pair(g, key, path) for key in ("stride", "padding"))
     groups = _int_scalar(g, "groups", path)
     if min(stride) < 1 or min(padding) < 0 or groups < 1 or len(shape) != 3 or shape[0] % groups:
         raise NetxFormatError(f"{path}: {g.name}: stride {stride}, padding {padding} or groups {groups} "
                               f"do not fit an input of shape {shape}")
-    return QuantizedLayer(str(g.attrs.get("sast_kind", "conv")), weight, *neuron, in_shape=tuple(shape), out_shape=out_shape,
-                          stride=stride, padding=padding, groups=groups, **stats)
+    declared = _dataset(g, "weight", path, MAX_WEIGHTS).shape
+    if len(declared) != 4 or declared[1] * groups != shape[0] or min(declared[2:]) < 1:
+        raise NetxFormatError(f"{path}: {g.name}/weight has shape {declared}, expected [out, {shape[0] // groups}, kH, kW]")
+    expected = conv_out_shape(shape, declared[0], declared[2:], stride, padding)
+    if out_shape != expected or min(expected) < 1:
+        raise NetxFormatError(f"{path}: {g.name}/shape is {out_shape}; its weight, stride and padding give {expected}")
+    sast_kind = _attribute(g, "sast_kind", "conv", path)
+    if sast_kind not in ("conv", "pool"):
+        raise NetxFormatError(f"{path}: {g.name} attribute sast_kind must be conv or pool, got {sast_kind!r}")
+    return QuantizedLayer(sast_kind, _read_weight(g, spec, path), *_read_neuron(g, spec, path), in_shape=tuple(shape),
+                          out_shape=out_shape, stride=stride, padding=padding, groups=groups, **_layer_stats(g, path))
+
+
+def _read_dense(g: h5py.Group, shape: Tuple[int, ...], out_shape: Tuple[int, ...], spec: Loihi2Spec, path: Path) -> QuantizedLayer:
+    n_in = int(np.prod(shape))
+    declared = _dataset(g, "weight", path, MAX_WEIGHTS).shape
+    if len(out_shape) != 1 or declared != (out_shape[0], n_in):
+        raise NetxFormatError(f"{path}: {g.name}/weight has shape {declared}, expected {(out_shape[0], n_in)} "
+                              f"for /shape {out_shape}")
+    return QuantizedLayer("dense", _read_weight(g, spec, path), *_read_neuron(g, spec, path), in_shape=(n_in,),
+                          out_shape=out_shape, **_layer_stats(g, path))
+
+
+def _attribute(obj, key: str, default, path: Path):
+    """An attribute's value, its size checked before it is read (a JSON text or a number)."""
+    if key not in obj.attrs:
+        return default
+    attr = obj.attrs.get_id(key)
+    if attr.get_storage_size() > MAX_METADATA_BYTES:
+        raise NetxFormatError(f"{path}: attribute {obj.name} {key} is {attr.get_storage_size()} bytes")
+    try:
+        value = obj.attrs[key]
+    except (OSError, TypeError, ValueError) as exc:
+        raise NetxFormatError(f"{path}: attribute {obj.name} {key} cannot be read ({exc})") from None
+    if isinstance(value, bytes):
+        value = value.decode(errors="replace")
+    return value
+
+
+def _layer_stats(g: h5py.Group, path: Path) -> Dict[str, float]:
+    """The quantization statistics write_netx stores as attributes (finite numbers)."""
+    stats = {}
+    for key, attr, default, kind in (("scale", "scale", 1.0, float), ("n_clipped", "n_clipped", 0, int),
+                                     ("mean_abs_error", "mean_abs_error", 0.0, float)):
+        value = np.asarray(_attribute(g, attr, default, path))
+        if value.size != 1 or value.dtype.kind not in "iuf" or not np.isfinite(value).all():
+            raise NetxFormatError(f"{path}: attribute {g.name} {attr} must be one finite number")
+        stats[key] = kind(value.reshape(-1)[0])
+    return stats
 
 
 def _read_weight(g: h5py.Group, spec: Loihi2Spec, path: Path) -> np.ndarray:
-    weight = _int_array(g, "weight", path)
+    weight = _int_array(g, "weight", path, MAX_WEIGHTS)
     if not np.any(weight):
         raise NetxFormatError(f"{path}: {g.name}/weight is all zero (netx cannot load such a layer)")
     lo, hi = -spec.weight_max - 1, spec.weight_max

@@ -32,7 +32,7 @@ from ..errors import SastDeployError
 from ..functional.lif import (LOIHI_ACT_SHIFT, LOIHI_DECAY_UNITY, LOIHI_STATE_BITS, LOIHI_VTH_BITS, LOIHI_WEIGHT_BITS,
                              decay_to_fixed_point)
 from ..training.model import SpikingNet, non_finite_parameters
-from ..validation import file_data, validated
+from ..validation import check_ranges, file_data, ranged, validated
 
 
 class QuantizationError(SastDeployError, ValueError):
@@ -47,14 +47,11 @@ class Loihi2Spec:
     neuron model (:mod:`sast_deploy.functional.lif`), not chosen here."""
 
     name: str = "loihi2"
-    weight_bits: int = LOIHI_WEIGHT_BITS  # signed weight mantissa bits
-    vth_bits: int = LOIHI_VTH_BITS  # unsigned threshold mantissa bits
+    weight_bits: ranged(int, ge=2, le=LOIHI_WEIGHT_BITS) = LOIHI_WEIGHT_BITS  # signed weight mantissa bits
+    vth_bits: ranged(int, ge=1, le=LOIHI_VTH_BITS) = LOIHI_VTH_BITS  # unsigned threshold mantissa bits
 
     def __post_init__(self):
-        if not 2 <= self.weight_bits <= LOIHI_WEIGHT_BITS:
-            raise QuantizationError(f"weight_bits must be in 2..{LOIHI_WEIGHT_BITS}, got {self.weight_bits}")
-        if not 1 <= self.vth_bits <= LOIHI_VTH_BITS:
-            raise QuantizationError(f"vth_bits must be in 1..{LOIHI_VTH_BITS}, got {self.vth_bits}")
+        check_ranges(self, "", QuantizationError)
 
     @classmethod
     def from_toml(cls, path: str | Path) -> "Loihi2Spec":
@@ -164,7 +161,7 @@ def quantize(model: SpikingNet, spec: Loihi2Spec = Loihi2Spec()) -> QuantizedNet
             conv = layer.synapse
             w = conv.weight.detach().double().numpy()
             w_int, vth, scale, clipped, err = _quantize_weights(w, lif.v_th, spec, name)
-            out_shape = _conv_out(shape, w.shape[0], w.shape[2:], conv.stride, conv.padding)
+            out_shape = conv_out_shape(shape, w.shape[0], w.shape[2:], conv.stride, conv.padding)
             layers.append(QuantizedLayer("conv", w_int, vth, dv, LOIHI_DECAY_UNITY, scale, tuple(shape), out_shape,
                                          stride=tuple(conv.stride), padding=tuple(conv.padding), groups=conv.groups,
                                          n_clipped=clipped, mean_abs_error=err))
@@ -172,7 +169,7 @@ def quantize(model: SpikingNet, spec: Loihi2Spec = Loihi2Spec()) -> QuantizedNet
             k, channels = layer.synapse.kernel, shape[0]
             w = np.full((channels, 1, k, k), float(layer.synapse.weight))
             w_int, vth, scale, clipped, err = _quantize_weights(w, lif.v_th, spec, name)
-            out_shape = _conv_out(shape, channels, (k, k), (k, k), (0, 0))
+            out_shape = conv_out_shape(shape, channels, (k, k), (k, k), (0, 0))
             layers.append(QuantizedLayer("pool", w_int, vth, dv, LOIHI_DECAY_UNITY, scale, tuple(shape), out_shape,
                                          stride=(k, k), groups=channels, n_clipped=clipped, mean_abs_error=err))
         else:
@@ -181,7 +178,7 @@ def quantize(model: SpikingNet, spec: Loihi2Spec = Loihi2Spec()) -> QuantizedNet
     return QuantizedNet(layers, model.input_shape, model.n_classes, spec)
 
 
-def _conv_out(shape, channels, kernel, stride, padding) -> Tuple[int, int, int]:
+def conv_out_shape(shape, channels, kernel, stride, padding) -> Tuple[int, int, int]:
     _, h, w = shape
     return (
         int(channels),

@@ -26,7 +26,7 @@ from ..errors import SastDeployError
 from .export import write_netx
 from .lava_runtime import lava_runtime, read_var
 from .quantize import QuantizedNet
-from ..validation import file_data, validated
+from ..validation import Count, file_data, validated
 
 
 class SimulationError(SastDeployError, ValueError):
@@ -40,7 +40,7 @@ class SimulatorConfig:
 
     name: str = "lava-sim"
     select_tag: str = "fixed_pt"
-    chunks: int = 20
+    chunks: Count = 20
 
     def __post_init__(self):
         if self.select_tag not in ("fixed_pt", "floating_pt"):

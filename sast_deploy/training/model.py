@@ -16,7 +16,8 @@ import torch
 import torch.nn.functional as F
 
 from ..functional.lif import SPIKE_MODES, SURROGATES, LIFState, lif_initial_state, lif_parameters, lif_step
-from ..validation import file_data
+from .footprint import MAX_HIDDEN_LAYERS, check_parameters
+from ..validation import Count, Fraction, Positive, Size0, check_ranges, file_data
 
 ARCHS = ("mlp", "conv")
 
@@ -27,41 +28,32 @@ class ModelConfig:
     """The model section of a recipe. ``beta`` is the membrane decay per time bin."""
 
     arch: str = "mlp"
-    hidden: Tuple[int, ...] = (128,)  # MLP hidden widths
-    beta: float = 0.9
-    v_th: float = 1.0
-    alpha: float = 2.0  # surrogate slope at threshold: sigma'(0) = alpha / 2 in every family
+    hidden: Tuple[Count, ...] = (128,)  # MLP hidden widths
+    beta: Fraction = 0.9
+    v_th: Positive = 1.0
+    alpha: Positive = 2.0  # surrogate slope at threshold: sigma'(0) = alpha / 2 in every family
     surrogate: str = "arctan"  # sigma's family: arctan | sigmoid | hardsigmoid (functional/lif.py)
-    init_gain: float = 1.0  # multiplies PyTorch's default (Kaiming-uniform) weight init
-    conv_channels: int = 16
-    conv_kernel: int = 5
+    init_gain: Positive = 1.0  # multiplies PyTorch's default (Kaiming-uniform) weight init
+    conv_channels: Count = 16
+    conv_kernel: Count = 5
     # Conv defaults are the net that trains in surrogate-forward mode (train/gesture.toml):
     # a pooling LIF with a fixed weight saturates there, and a wide conv output feeding
     # the readout makes it die under Adam, hence stride 4 and no pooling by default.
-    conv_stride: int = 4
-    pool: int = 0  # sum-pool window (and stride); 0 = no pooling layer
-    pool_weight: float = 1.0  # fixed synaptic weight of the pooling layer
-    v_th_scale: Tuple[float, ...] = ()  # per-layer threshold multipliers (post-hoc calibration); () = all 1
+    conv_stride: Count = 4
+    pool: Size0 = 0  # sum-pool window (and stride); 0 = no pooling layer
+    pool_weight: Positive = 1.0  # fixed synaptic weight of the pooling layer
+    v_th_scale: Tuple[Positive, ...] = ()  # per-layer threshold multipliers (post-hoc calibration); () = all 1
 
     def __post_init__(self):
-        if self.pool < 0:
-            raise ValueError(f"model.pool: the sum-pool window must be >= 0 (0 = none), got {self.pool}")
+        if len(self.hidden) > MAX_HIDDEN_LAYERS:  # first: a list of millions is refused before it is walked
+            raise ValueError(f"model.hidden has {len(self.hidden)} layers; at most {MAX_HIDDEN_LAYERS} are supported")
         if self.surrogate not in SURROGATES:
             raise ValueError(f"model.surrogate: unknown surrogate family {self.surrogate!r}; known: {', '.join(SURROGATES)}")
         if self.arch not in ARCHS:
             raise ValueError(f"model.arch: unknown architecture {self.arch!r}; known: {', '.join(ARCHS)}")
         object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
         object.__setattr__(self, "v_th_scale", tuple(float(v) for v in self.v_th_scale))
-        if any(v <= 0 for v in self.v_th_scale):
-            raise ValueError(f"model.v_th_scale: multipliers must be > 0, got {self.v_th_scale}")
-        if any(h < 1 for h in self.hidden):
-            raise ValueError(f"model.hidden: widths must be >= 1, got {self.hidden}")
-        if not 0.0 <= self.beta <= 1.0:
-            raise ValueError(f"model.beta (membrane decay per step) must be in [0, 1], got {self.beta}")
-        if self.v_th <= 0:
-            raise ValueError(f"model.v_th must be > 0, got {self.v_th}")
-        if self.alpha <= 0:
-            raise ValueError(f"model.alpha (surrogate slope) must be > 0, got {self.alpha}")
+        check_ranges(self, "model")
 
 
 class LIF(torch.nn.Module):
@@ -197,6 +189,9 @@ class SpikingNet(torch.nn.Module):
 
 
 def build_model(config: ModelConfig, input_shape: Sequence[int], n_classes: int) -> SpikingNet:
+    """The network of ``config``; one whose shapes do not fit or whose weights would not fit in
+    memory is refused before anything is allocated (:mod:`sast_deploy.training.footprint`)."""
+    check_parameters(config, input_shape, n_classes)
     return SpikingNet(config, input_shape, n_classes)
 
 

@@ -29,10 +29,9 @@ except ModuleNotFoundError:  # Python 3.10, the version Lava requires
 from ..data.datasets import DataConfig
 from ..errors import SastDeployError
 from .model import ModelConfig
-from ..validation import file_data, validated
+from ..validation import Count, NonNegative, Positive, Seed, check_ranges, file_data, validated
 
 OPTIMIZERS = ("sast", "sam", "baseline", "ste")
-FLOAT32_MAX = 3.4028234663852886e38  # torch trains in float32: larger settings overflow in the optimizer
 
 
 class RecipeError(SastDeployError, ValueError):
@@ -47,22 +46,17 @@ class OptimConfig:
     the surrogate family's derivative as gradient, base optimizer only."""
 
     name: str = "sast"
-    lr: float = 1e-3
-    rho: float = 0.05
-    delta: float = 1e-12
-    weight_decay: float = 0.0
-    perturb_every: int = 1  # sast/sam: recompute eps every k steps, reuse it in between (LookSAM-style)
+    lr: Positive = 1e-3
+    rho: NonNegative = 0.05
+    delta: Positive = 1e-12  # stabiliser of ||g|| + delta: 0 divides by zero at a zero gradient
+    weight_decay: NonNegative = 0.0  # Adam refuses negative decay
+    perturb_every: Count = 1  # sast/sam: recompute eps every k steps, reuse it in between (LookSAM-style)
     adaptive: bool = False  # sast/sam: ASAM's radius relative to each weight's magnitude (optim.SAST)
 
     def __post_init__(self):
         if self.name not in OPTIMIZERS:
             raise ValueError(f"optimizer.name: unknown optimizer {self.name!r}; known: {', '.join(OPTIMIZERS)}")
-        if not 0 < self.lr <= FLOAT32_MAX:
-            raise ValueError(f"optimizer.lr must be > 0 and a float32 (<= {FLOAT32_MAX:.3g}), got {self.lr}")
-        if not 0 <= self.rho <= FLOAT32_MAX:
-            raise ValueError(f"optimizer.rho must be >= 0 and a float32 (<= {FLOAT32_MAX:.3g}), got {self.rho}")
-        if self.perturb_every < 1:
-            raise ValueError(f"optimizer.perturb_every must be >= 1, got {self.perturb_every}")
+        check_ranges(self, "optimizer")
 
     @property
     def train_mode(self) -> str:
@@ -77,20 +71,15 @@ class OptimConfig:
 @file_data
 @dataclass(frozen=True)
 class TrainConfig:
-    epochs: int = 10
-    batch_size: int = 128
-    seed: int = 0
-    loss_scale: float = 1.0  # logits = loss_scale * output spike counts
-    eval_batch_size: int = 512
+    epochs: Count = 10
+    batch_size: Count = 128
+    seed: Seed = 0
+    loss_scale: Positive = 1.0  # logits = loss_scale * output spike counts
+    eval_batch_size: Count = 512
     device: str = "cpu"  # cpu | cuda | auto
 
     def __post_init__(self):
-        if self.epochs < 1:
-            raise ValueError(f"training.epochs must be >= 1, got {self.epochs}")
-        if not abs(self.loss_scale) <= FLOAT32_MAX:
-            raise ValueError(f"training.loss_scale must be a float32 (|x| <= {FLOAT32_MAX:.3g}), got {self.loss_scale}")
-        if self.batch_size < 1:
-            raise ValueError(f"training.batch_size must be >= 1, got {self.batch_size}")
+        check_ranges(self, "training")
         if self.device not in ("cpu", "cuda", "auto"):
             raise ValueError(f"training.device must be cpu, cuda or auto, got {self.device!r}")
 
@@ -121,11 +110,21 @@ def canonical(recipe: Recipe) -> str:
     return json.dumps(recipe.to_dict(), sort_keys=True)
 
 
-def _parse_value(text: str) -> Any:
+MAX_KEY_PARTS = 4  # the deepest recipe field is data.synthetic.<name>
+MAX_TOML_BYTES = 1 << 20  # recipes, studies, specs and hardware configs are a few hundred bytes
+
+
+def _parse_value(item: str, text: str) -> Any:
     try:
         return tomllib.loads(f"v = {text}")["v"]
     except tomllib.TOMLDecodeError:
         return text  # a bare word is a string: --set data.name=nmnist
+    except RecursionError:  # tomllib's own limit on nesting
+        raise RecipeError(f"--set {_short(item)}: the value is nested too deep") from None
+
+
+def _short(text: str, limit: int = 80) -> str:
+    return repr(text if len(text) <= limit else text[:limit] + "...")
 
 
 def apply_overrides(raw: Dict[str, Any], overrides: Sequence[str]) -> Dict[str, Any]:
@@ -133,15 +132,17 @@ def apply_overrides(raw: Dict[str, Any], overrides: Sequence[str]) -> Dict[str, 
     raw = {k: (dict(v) if isinstance(v, Mapping) else v) for k, v in raw.items()}
     for item in overrides:
         if "=" not in item:
-            raise RecipeError(f"--set {item!r}: expected section.key=value")
+            raise RecipeError(f"--set {_short(item)}: expected section.key=value")
         path, text = item.split("=", 1)
         keys = path.strip().split(".")
+        if len(keys) > MAX_KEY_PARTS:
+            raise RecipeError(f"--set {_short(item)}: a recipe key has at most {MAX_KEY_PARTS} dotted parts")
         node = raw
         for k in keys[:-1]:
             node = node.setdefault(k, {})
             if not isinstance(node, dict):
-                raise RecipeError(f"--set {item!r}: {k} is not a table")
-        node[keys[-1]] = _parse_value(text.strip())
+                raise RecipeError(f"--set {_short(item)}: {k} is not a table")
+        node[keys[-1]] = _parse_value(item, text.strip())
     return raw
 
 
@@ -150,10 +151,17 @@ def read_toml(path: str | Path, what: str = "recipe") -> Dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise RecipeError(f"{path}: {what} file not found")
+    size = path.stat().st_size
+    if size > MAX_TOML_BYTES:  # tomllib takes ~1 s of CPU per MB before anything could be checked
+        raise RecipeError(f"{path}: {size} bytes; a {what} file is at most {MAX_TOML_BYTES} bytes")
     try:
-        return tomllib.loads(path.read_text())
+        return tomllib.loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as exc:  # TOML is UTF-8 by definition
+        raise RecipeError(f"{path}: not valid TOML (not UTF-8: {exc.reason} at byte {exc.start})") from None
     except tomllib.TOMLDecodeError as exc:
-        raise RecipeError(f"{path}: not valid TOML ({exc})") from exc
+        raise RecipeError(f"{path}: not valid TOML ({exc})") from None
+    except RecursionError as exc:  # tomllib refuses nesting deeper than its limit this way
+        raise RecipeError(f"{path}: not valid TOML ({exc})") from None
 
 
 def load_recipe(path: str | Path, overrides: Sequence[str] = ()) -> Recipe:

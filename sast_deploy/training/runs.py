@@ -30,7 +30,7 @@ from .recipe import Recipe, recipe_from_dict
 from ..errors import RunError, one_line
 from ..fileio import atomic_torch_save, atomic_write_text
 from .model import ModelConfig, SpikingNet, build_model
-from ..validation import file_data, validated
+from ..validation import Count, NonNegative, Size0, file_data, validated
 
 
 @file_data
@@ -39,8 +39,8 @@ class ModelFileHeader:
     """model.pt without its tensors."""
 
     model_config: ModelConfig
-    input_shape: Tuple[int, ...]
-    n_classes: int
+    input_shape: Tuple[Count, ...]
+    n_classes: Count
     recipe: Dict[str, Any]
     metrics: Dict[str, Any] = field(default_factory=dict)
 
@@ -50,9 +50,9 @@ class ModelFileHeader:
 class CheckpointHeader:
     """checkpoint.pt without its tensors. Times in seconds."""
 
-    epoch: int
+    epoch: Size0
     history: Tuple[Dict[str, Any], ...]
-    train_seconds: float
+    train_seconds: NonNegative
     recipe: Dict[str, Any]
 
 

@@ -25,6 +25,7 @@ from .recipe import Recipe, RecipeError, canonical, recipe_from_dict
 from ..data.datasets import FrameDataset, class_counts, load_dataset
 from ..distributed import distributed_context, is_rank_zero, rank_slice, resolve_device
 from ..errors import RunError, one_line
+from .footprint import check_training
 from .evaluate import Batch, evaluate, loss_on, minibatches
 from ..lock import run_lock
 from .model import SpikingNet, build_model, non_finite_parameters
@@ -236,6 +237,7 @@ def train(
     """Train a recipe into ``out_dir``; returns the metrics written to metrics.json. The run
     directory is locked while training (see :mod:`sast_deploy.lock`; rank 0 holds it)."""
     out_dir = Path(out_dir)
+    check_training(recipe)  # before the run directory, the lock and the data
     with run_lock(out_dir, "train") if is_rank_zero() else contextlib.nullcontext():
         return _train(recipe, out_dir, progress, resume, data, log)
 
