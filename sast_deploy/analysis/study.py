@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
 
-from ..errors import RunError, SastDeployError
+from ..errors import RunError, SastDeployError, one_line
 from ..training.recipe import Recipe, RecipeError, canonical, load_recipe, read_toml
 from ..fileio import atomic_write_text, read_json
 from ..validation import Seed, Size0, check_ranges, file_data, validated
@@ -230,6 +230,7 @@ def run_study(study: Study, out: str | Path, progress: bool = True, log=print,
         raise RecipeError(f"study {study.name}: seeds {unknown} are not among the study's seeds {list(study.seeds)}")
     from ..training.calibrate import calibrate_run
     from ..deploy.compare import compare_run
+    from ..deploy.quantize import QuantizationError
     from ..training.train import train
 
     out = Path(out)
@@ -250,6 +251,9 @@ def run_study(study: Study, out: str | Path, progress: bool = True, log=print,
             else:
                 train(run.recipe, d, progress=progress)
         if redone or not compare_complete(d):
-            compare_run(d, samples=study.lava_samples, progress=progress)
+            try:
+                compare_run(d, samples=study.lava_samples, progress=progress)
+            except QuantizationError as exc:  # recorded in compare.json by compare_run; the study goes on
+                log(f"[{study.name}] {m.name} seed {run.seed}: cannot be deployed ({one_line(exc)}); recorded in {d / 'compare.json'}")
         done.append(d)
     return done
