@@ -31,6 +31,7 @@ import contextlib
 import fcntl
 import json
 import os
+import shutil
 import socket
 import warnings
 from dataclasses import dataclass
@@ -52,6 +53,7 @@ GRACE_S = 300  # a trial whose heartbeat is older than this is taken for dead an
 MAX_RETRIES = 3  # retries of one trial (interrupted or dead) before it stays failed
 BASE_ATTR = "sast_deploy.base_recipe"  # study attribute: the base recipe every trial shares
 TRIALS_DIR = "trials"
+OPEN_LOCK = ".tune-open.lock"
 
 
 class TuneError(SastDeployError, ValueError):
@@ -108,11 +110,12 @@ def retry_callback():
         return optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRIES)
 
 
-def retried_number(trial) -> Optional[int]:
+def retried_number(trial: optuna.Trial) -> Optional[int]:
     """The number of the trial this one retries (the first of a chain), or None."""
+    frozen = next(t for t in trial.study.get_trials(deepcopy=False) if t.number == trial.number)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number(trial)
+        return optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number(frozen)
 
 
 def open_storage(url: str) -> optuna.storages.RDBStorage:
@@ -131,7 +134,8 @@ def open_storage(url: str) -> optuna.storages.RDBStorage:
 def _opening(out: Path) -> Iterator[None]:
     """Processes starting together on one machine create the tables and the study one at a
     time (concurrent CREATE TABLEs on a fresh SQLite file fail)."""
-    fd = os.open(out / ".tune-open.lock", os.O_RDWR | os.O_CREAT, 0o666)
+    out.mkdir(parents=True, exist_ok=True)
+    fd = os.open(out / OPEN_LOCK, os.O_RDWR | os.O_CREAT, 0o666)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield
@@ -281,12 +285,17 @@ def tune(space: SearchSpace, out: str | Path, n_trials: int, objectives: Optiona
     if n_trials < 0:
         raise TuneError(f"--n-trials must be >= 0, got {n_trials}")
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    created = not out.exists()
     url = storage or default_storage(out)
     verbosity = optuna.logging.get_verbosity()
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # trials are reported here, one line each
     try:
-        study, objectives = open_study(space, out, url, objectives)
+        try:
+            study, objectives = open_study(space, out, url, objectives)
+        except TuneError:
+            if created and {p.name for p in out.iterdir()} <= {OPEN_LOCK}:  # leave no folder behind a refusal
+                shutil.rmtree(out)
+            raise
         runner = TrialRunner(space, out, objectives, progress, log)
         with tqdm(total=n_trials, desc=f"tune {space.name}", unit="trial", disable=not progress or n_trials == 0) as bar:
             def after_trial(study: optuna.Study, trial) -> None:

@@ -182,7 +182,8 @@ def _save(axes, path: Path) -> Path:
     return path
 
 
-def write_figures(study: optuna.Study, out: Path, objectives: Sequence[str], log: Callable[[str], None]) -> Dict[str, Path]:
+def write_figures(study: optuna.Study, out: Path, objectives: Sequence[str], log: Callable[[str], None],
+                  seed: int = 0) -> Dict[str, Path]:
     """history.png, pareto_front.png (two objectives), param_importances.png; a figure the
     trials cannot support yet (importances need two finished trials) is skipped with a line."""
     import matplotlib
@@ -200,7 +201,11 @@ def write_figures(study: optuna.Study, out: Path, objectives: Sequence[str], log
         figures["pareto_front"] = lambda: ovm.plot_pareto_front(
             study, target_names=[OBJECTIVES[o].label for o in objectives])
     if len(complete) >= 2:
-        figures["param_importances"] = lambda: ovm.plot_param_importances(study, target=target, target_name=first)
+        # fANOVA: the share of the objective's variance each parameter explains, whichever
+        # way the objective points (Optuna's default evaluator ranks for low values)
+        evaluator = optuna.importance.FanovaImportanceEvaluator(seed=seed)
+        figures["param_importances"] = lambda: ovm.plot_param_importances(study, evaluator=evaluator, target=target,
+                                                                         target_name=first)
     written = {}
     for name, draw in figures.items():
         if not complete:
@@ -208,6 +213,7 @@ def write_figures(study: optuna.Study, out: Path, objectives: Sequence[str], log
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                warnings.simplefilter("ignore", UserWarning)  # "few trials per regime": the figure says as much
                 written[name] = _save(draw(), out / f"{name}.png")
         except (ValueError, RuntimeError, ZeroDivisionError) as exc:  # e.g. no parameter shared by all trials
             log(f"figure {name} skipped: {exc}")
@@ -228,5 +234,5 @@ def write_summary(study: optuna.Study, space: SearchSpace, out: Path, objectives
     if best:
         written["best"] = out / "best.toml"
         atomic_write_text(written["best"], best_recipe_toml(space, best[0], storage))
-    written.update(write_figures(study, out, objectives, log))
+    written.update(write_figures(study, out, objectives, log, space.seed))
     return written
