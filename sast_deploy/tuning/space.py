@@ -203,7 +203,10 @@ class SearchSpace:
         """The base recipe with ``values`` ({section.key: value}) set, named ``name``."""
         raw = with_fields(self.base_raw, values)
         raw["name"] = name
-        return recipe_from_dict(raw, source=f"{self.path} ({name})")
+        recipe = recipe_from_dict(raw, source=f"{self.path} ({name})")
+        if recipe.data.val_fraction <= 0:
+            raise SpaceError(f"{self.path} ({name}): data.val_fraction must be > 0: trials are scored on the validation split")
+        return recipe
 
     def base_key(self) -> str:
         """The base recipe (with ``set``) as canonical JSON: trials of one study share it."""

@@ -129,6 +129,13 @@ def summary_markdown(space: SearchSpace, study: optuna.Study, objectives: Sequen
              f"| {len(rows)} | {c['COMPLETE']} | {c['PRUNED']} | {c['FAIL']} | {c['RUNNING'] + c['WAITING']} | "
              f"{trial_time:.0f} | {_num(_wall(study))} |", ""]
     lines += _best_section(space, objectives, best)
+    if len(objectives) == 1 and best:
+        front = sorted(accuracy_synops_study(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))).best_trials,
+                       key=lambda t: -t.values[0])
+        lines += ["Accuracy-SynOps front of the finished trials (`pareto_front.png`; the search optimised accuracy alone):", "",
+                  "| trial | val emulator % | SynOps/sample | parameters |", "|---|---|---|---|"]
+        lines += [f"| {t.user_attrs.get('number', '?')} | {_pct(t.values[0])} | {_num(t.values[1])} | "
+                  f"{params_text(space, t)} |" for t in front] + [""]
     lines += ["## All trials", "", "| trial | state | parameters | " + " | ".join(h for _, h in VALIDATION)
               + " | SynOps/sample | epochs | seconds | note |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
@@ -182,10 +189,25 @@ def _save(axes, path: Path) -> Path:
     return path
 
 
+def accuracy_synops_study(complete: Sequence[FrozenTrial]) -> optuna.Study:
+    """The finished trials of a single-objective search as an in-memory two-objective study
+    (accuracy, SynOps per sample), for Optuna's Pareto-front figure: the accuracy-energy
+    trade-off among the recipes the search trained (it optimised accuracy alone)."""
+    from .search import OBJECTIVES
+
+    front = optuna.create_study(directions=[OBJECTIVES[o].direction for o in ("accuracy", "synops")])
+    front.add_trials([optuna.trial.create_trial(params=t.params, distributions=t.distributions,
+                                                user_attrs={**t.user_attrs, "number": t.number},
+                                                values=[t.user_attrs["val_emulator_accuracy"], t.user_attrs[SYNOPS]])
+                      for t in complete if t.user_attrs.get(SYNOPS) is not None])
+    return front
+
+
 def write_figures(study: optuna.Study, out: Path, objectives: Sequence[str], log: Callable[[str], None],
                   seed: int = 0) -> Dict[str, Path]:
-    """history.png, pareto_front.png (two objectives), param_importances.png; a figure the
-    trials cannot support yet (importances need two finished trials) is skipped with a line."""
+    """history.png, pareto_front.png (accuracy vs SynOps: the search's front with two
+    objectives, else that of its finished trials), param_importances.png; a figure the trials
+    cannot support yet (importances need two finished trials) is skipped with a line."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -197,9 +219,9 @@ def write_figures(study: optuna.Study, out: Path, objectives: Sequence[str], log
     first = OBJECTIVES[objectives[0]].label
     target = None if len(objectives) == 1 else (lambda t: t.values[0])
     figures = {"history": lambda: ovm.plot_optimization_history(study, target=target, target_name=first)}
-    if len(objectives) > 1:
-        figures["pareto_front"] = lambda: ovm.plot_pareto_front(
-            study, target_names=[OBJECTIVES[o].label for o in objectives])
+    front = study if len(objectives) > 1 else accuracy_synops_study(complete)
+    figures["pareto_front"] = lambda: ovm.plot_pareto_front(
+        front, target_names=[OBJECTIVES[o].label for o in ("accuracy", "synops")])
     if len(complete) >= 2:
         # fANOVA: the share of the objective's variance each parameter explains, whichever
         # way the objective points (Optuna's default evaluator ranks for low values)
