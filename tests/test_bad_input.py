@@ -13,6 +13,7 @@ import torch
 
 import sast_deploy.training.train as train_mod
 from sast_deploy.cli import main
+from sast_deploy.data.datasets import split_validation
 from sast_deploy.training.recipe import RecipeError, load_recipe
 from sast_deploy.errors import RunError
 from sast_deploy.deploy.export import NetxFormatError, read_netx
@@ -106,7 +107,7 @@ def test_divergence_keeps_the_last_good_checkpoint(tmp_path, small_data, monkeyp
     _, data = small_data
     recipe = _recipe(**{"training.epochs": 3, "optimizer.name": "baseline"})
     real_step, calls = train_mod.plain_step, {"n": 0}
-    steps_per_epoch = -(-len(data[0]) // 32)
+    steps_per_epoch = -(-len(split_validation(*data, recipe.data).train) // 32)
 
     def poisoned(model, *args):
         loss = real_step(model, *args)

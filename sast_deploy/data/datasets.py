@@ -92,7 +92,8 @@ class DataConfig:
     download: bool = False  # let tonic download the real dataset when absent
     max_train: int = 0  # 0 = all; otherwise a seeded class-stratified subset of N training samples
     max_test: int = 0
-    subset_seed: int = 0  # seed of the max_train / max_test subsets
+    subset_seed: int = 0  # seed of the max_train / max_test subsets and of the validation split
+    val_fraction: float = 0.1  # of the training recordings (by source), held out for validation; 0 = none
     workers: int = 0  # processes that decode events to frames; 0 = one per CPU
     synthetic: Dict[str, object] = field(default_factory=dict)  # generator overrides (SyntheticNMNISTConfig, SyntheticGestureConfig)
 
@@ -103,6 +104,8 @@ class DataConfig:
             raise DataError(f"data.n_time_bins must be >= 1, got {self.n_time_bins}")
         if not 0 < self.spatial_factor <= 1:
             raise DataError(f"data.spatial_factor must be in (0, 1], got {self.spatial_factor}")
+        if not 0 <= self.val_fraction < 0.5:
+            raise DataError(f"data.val_fraction must be in [0, 0.5), got {self.val_fraction}")
         for name in ("max_train", "max_test", "workers"):
             if getattr(self, name) < 0:
                 raise DataError(f"data.{name} must be >= 0, got {getattr(self, name)}")
@@ -317,15 +320,19 @@ def _split_source(cfg: DataConfig, split: str, progress: bool) -> Union[EventSpl
 def _frames_cache_path(cfg: DataConfig, files: Optional[Dict[str, RecordingFiles]]) -> Path:
     """The cache folder of a recipe's frames: keyed by the transform, the subsets and the
     source (a generated dataset's parameters, or every real file's path, size and mtime)."""
-    spec = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("download", "workers")}
+    # val_fraction is not part of the key: the validation split is cut from the cached
+    # training frames by indices (:func:`load_splits`), the frames are the same
+    spec = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("download", "workers", "val_fraction")}
     src = cfg.synthetic_config().cache_key() if files is None else {split: f.listing_key() for split, f in files.items()}
     payload = json.dumps({"format": FRAME_CACHE_FORMAT, "src": src, **spec}, sort_keys=True, default=str)
     return cache_dir() / f"frames-{cfg.name}-{hashlib.sha256(payload.encode()).hexdigest()[:16]}"
 
 
 def load_dataset(cfg: DataConfig, progress: bool = True) -> Tuple[FrameDataset, FrameDataset]:
-    """Train and test splits as binary frames, cached on disk per (source, transform, subset)
-    and read back through a memory map (:mod:`sast_deploy.data.frames`)."""
+    """The recipe's training recordings (validation split included: cut it with
+    :func:`cut_validation`, or call :func:`load_splits`) and its test split, as binary frames,
+    cached on disk per (source, transform, subset) and read back through a memory map
+    (:mod:`sast_deploy.data.frames`)."""
     # a real dataset's files are listed (and stat'ed) on every load: that is its cache key;
     # a generated one's events are loaded only when its frames are not cached yet
     files = None if cfg.spec.generated else {split: _split_source(cfg, split, progress) for split in SPLITS}
@@ -335,6 +342,73 @@ def load_dataset(cfg: DataConfig, progress: bool = True) -> Tuple[FrameDataset, 
         splits = {split: _recipe_subset(cfg, split, sources[split]) for split in SPLITS}
         _write_frames_cache(cfg, splits, folder, progress)
     return read_split(folder, "train"), read_split(folder, "test")
+
+
+@dataclass(frozen=True)
+class DatasetSplits:
+    """A recipe's three splits: ``train`` (what the optimizer sees), ``val`` (held out from the
+    training recordings for model selection; None when ``data.val_fraction`` is 0) and
+    ``test`` (read once, for the final numbers)."""
+
+    train: FrameDataset
+    val: Optional[FrameDataset]
+    test: FrameDataset
+
+
+def load_splits(cfg: DataConfig, progress: bool = True) -> DatasetSplits:
+    """Train, validation and test splits of a recipe (:func:`load_dataset`, then
+    :func:`cut_validation`)."""
+    recordings, test = load_dataset(cfg, progress)
+    return split_validation(recordings, test, cfg)
+
+
+def split_validation(recordings: FrameDataset, test: FrameDataset, cfg: DataConfig) -> DatasetSplits:
+    """The splits of a recipe from its training recordings and test split."""
+    train, val = cut_validation(recordings, cfg.val_fraction, cfg.subset_seed)
+    return DatasetSplits(train, val, test)
+
+
+def cut_validation(recordings: FrameDataset, fraction: float, seed: int) -> Tuple[FrameDataset, Optional[FrameDataset]]:
+    """(train, validation) of a recipe's training recordings: views of the same (memory-mapped)
+    frames, no copy; validation is None when ``fraction`` is 0."""
+    if fraction == 0:
+        return recordings, None
+    val_idx = validation_indices(recordings.labels.numpy(), recordings.source_ids, fraction, seed)
+    train_idx = np.setdiff1d(np.arange(len(recordings)), val_idx)
+    return recordings.view(train_idx), recordings.view(val_idx)
+
+
+def validation_indices(labels: np.ndarray, source_ids: Optional[np.ndarray], fraction: float, seed: int) -> np.ndarray:
+    """Sorted indices of the validation split: ``fraction`` of the sources (of the recordings
+    when ``source_ids`` is None), every recording of a chosen source, so that variants of one
+    source never straddle the split.
+
+    Seeded and class-stratified: when each source holds one class (an N-MNIST digit image and
+    its variants), the sources are drawn by :func:`stratified_subset` over their classes; when
+    a source spans classes (a DVS Gesture subject performs every gesture), sources are drawn by
+    a seeded permutation and each chosen source brings its share of every class. The seed is
+    derived from ``seed`` (``data.subset_seed``) so that it draws independently of the
+    ``max_train`` subset."""
+    labels = np.asarray(labels)
+    groups = np.arange(len(labels)) if source_ids is None else np.asarray(source_ids)
+    unique, inverse = np.unique(groups, return_inverse=True)
+    n_val = max(1, int(round(fraction * len(unique))))
+    if n_val >= len(unique):
+        raise DataError(f"data.val_fraction = {fraction}: the training split has {len(unique)} "
+                        f"{'recordings' if source_ids is None else 'sources'}, too few to hold out a validation "
+                        f"split and train on the rest (set data.val_fraction = 0)")
+    val_seed = int(np.random.SeedSequence([seed, _VALIDATION_STREAM]).generate_state(1)[0])
+    group_label = np.zeros(len(unique), dtype=labels.dtype)
+    group_label[inverse] = labels
+    single_class = np.array_equal(group_label[inverse], labels)
+    if single_class:
+        chosen = stratified_subset(group_label, n_val, val_seed)
+    else:
+        chosen = np.sort(np.random.default_rng(val_seed).permutation(len(unique))[:n_val])
+    return np.flatnonzero(np.isin(inverse, chosen))
+
+
+_VALIDATION_STREAM = 1  # the validation split's seed: SeedSequence([subset_seed, 1])
 
 
 def _write_frames_cache(cfg: DataConfig, splits: Dict[str, Recordings], folder: Path, progress: bool) -> None:

@@ -85,6 +85,13 @@ class FrameDataset(torch.utils.data.Dataset):
         sources = None if self.source_ids is None else self.source_ids[rows]
         return FrameDataset.from_packed(np.asarray(self.packed[rows]), self.sample_shape, self.labels.numpy()[rows], sources)
 
+    def view(self, idx: Sequence[int]) -> "FrameDataset":
+        """The samples ``idx`` (in that order) as a dataset that reads this one's packed rows
+        (a memory map stays a memory map: nothing is copied)."""
+        rows = np.asarray(idx, dtype=np.int64)
+        sources = None if self.source_ids is None else self.source_ids[rows]
+        return FrameDataset.from_packed(RowView(self.packed, rows), self.sample_shape, self.labels.numpy()[rows], sources)
+
     @property
     def frames(self) -> torch.Tensor:
         """Every sample's frames, uint8 [N, T, P, H, W] (unpacked: 8x the packed size)."""
@@ -97,6 +104,29 @@ class FrameDataset(torch.utils.data.Dataset):
     @property
     def input_shape(self) -> Tuple[int, ...]:
         return self.sample_shape[1:]
+
+
+class RowView:
+    """Rows ``rows`` of a 2-D array (or memory map), indexed like one: ``view[r]`` reads
+    ``base[rows[r]]`` only. numpy's fancy indexing would copy the rows at once; this keeps a
+    split cut from a memory-mapped cache on disk until its minibatches are read."""
+
+    def __init__(self, base, rows: np.ndarray):
+        self.base, self.rows = base, np.asarray(rows, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, idx):
+        return self.base[self.rows[idx]]
+
+    @property
+    def shape(self) -> Tuple[int, ...]:
+        return (len(self.rows),) + tuple(self.base.shape[1:])
+
+    @property
+    def dtype(self):
+        return self.base.dtype
 
 
 def packed_row_bytes(sample_shape: Sequence[int]) -> int:

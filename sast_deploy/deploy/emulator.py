@@ -228,3 +228,13 @@ def emulate_counts(net: Network, frames: torch.Tensor, batch_size: int = 256, pr
     emu = _fixed_point_net(net)
     counts = [emu.run(x) for x in _batches(frames, batch_size, progress)]
     return torch.cat(counts) if counts else torch.zeros(0, emu.qnet.n_classes, dtype=torch.int64)
+
+
+def emulate_dataset(net: Network, data, chunk: int = 2048, progress: bool = False) -> Emulation:
+    """:func:`emulate` over a :class:`~sast_deploy.data.frames.FrameDataset`, unpacking
+    ``chunk`` samples at a time (a full split's frames, unpacked at once, take 8x its packed
+    size)."""
+    emu = _fixed_point_net(net)
+    parts = [emulate(emu, data.frames_at(range(lo, min(lo + chunk, len(data)))), progress=progress)
+             for lo in range(0, len(data), chunk)]
+    return Emulation.merge(parts) if parts else emulate(emu, data.frames_at([]))

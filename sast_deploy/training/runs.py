@@ -5,7 +5,8 @@
     RUN_DIR/model.pt        final weights: state_dict (tensors), model_config, input_shape,
                             n_classes, recipe, metrics
     RUN_DIR/metrics.json    the metrics again, as JSON (surrogate_accuracy, hard_accuracy in
-                            percent, transfer_gap_pp, history, ...)
+                            percent, transfer_gap_pp on the test split, validation, history, ...);
+                            :func:`read_metrics` reads it back, checked
 
 Every file is written atomically (temporary file, then rename). Run files are data: they hold
 only tensors and plain values (dicts, lists, numbers, strings), written with ``torch.save``
@@ -22,15 +23,15 @@ import json
 import pickle
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 
 from .recipe import Recipe, recipe_from_dict
 from ..errors import RunError, one_line
-from ..fileio import atomic_torch_save, atomic_write_text
+from ..fileio import atomic_torch_save, atomic_write_text, read_json
 from .model import ModelConfig, SpikingNet, build_model
-from ..validation import file_data, validated
+from ..validation import file_data, output_data, validated
 
 
 @file_data
@@ -54,6 +55,36 @@ class CheckpointHeader:
     history: Tuple[Dict[str, Any], ...]
     train_seconds: float
     recipe: Dict[str, Any]
+
+
+@output_data
+@dataclass(frozen=True)
+class ValidationMetrics:
+    """metrics.json's ``validation`` block (:mod:`sast_deploy.training.val_metrics`):
+    accuracies in percent on the run's validation split; the emulator's are None, and
+    ``emulator_error`` the reason, when the network cannot be quantized."""
+
+    surrogate_accuracy: float
+    hard_accuracy: float
+    emulator_accuracy: Optional[float]
+    emulator_synops_per_sample: Optional[float]
+    n_samples: int
+    class_counts: Tuple[int, ...]
+    emulator_error: str = ""
+
+
+@output_data
+@dataclass(frozen=True)
+class MetricsFile:
+    """The fields of metrics.json every reader may rely on (accuracies in percent, on the test
+    split); ``validation`` is None for runs without a validation split (``data.val_fraction =
+    0``, or written before there was one)."""
+
+    surrogate_accuracy: float
+    hard_accuracy: float
+    transfer_gap_pp: float
+    history: Tuple[Dict[str, Any], ...]
+    validation: Optional[ValidationMetrics] = None
 
 
 # --- writing --------------------------------------------------------------------------------
@@ -90,7 +121,7 @@ def load_run(run_dir: str | Path, map_location: str = "cpu") -> Tuple[SpikingNet
     if not path.is_file():
         raise RunError(f"{path}: no model in this run directory (train it first: sast-deploy train ... --out {run_dir})")
     header, weights = read_model_file(path)
-    recipe = recipe_from_dict(header.recipe, source=str(path))
+    recipe = saved_recipe(header.recipe, source=str(path))
     try:
         model = build_model(header.model_config, header.input_shape, header.n_classes)
         model.load_state_dict(weights)
@@ -98,6 +129,26 @@ def load_run(run_dir: str | Path, map_location: str = "cpu") -> Tuple[SpikingNet
         raise RunError(f"{path}: the weights do not fit the model config ({one_line(exc)})") from None
     model.eval()
     return model.to(map_location), recipe, header.metrics
+
+
+def read_metrics(run_dir: str | Path) -> Dict[str, Any]:
+    """RUN_DIR/metrics.json as a dict, checked against :class:`MetricsFile` (a missing,
+    malformed or incomplete file is a RunError naming it and the field)."""
+    path = Path(run_dir) / "metrics.json"
+    raw = read_json(path, "run metrics")
+    if not isinstance(raw, dict):
+        raise RunError(f"{path}: run metrics must be a JSON object, got {type(raw).__name__}")
+    validated(MetricsFile, raw, str(path), RunError)
+    return raw
+
+
+def saved_recipe(raw: Dict[str, Any], source: str) -> Recipe:
+    """The recipe saved in a run file. A run written before ``data.val_fraction`` existed
+    trained on every training recording: it reads as ``val_fraction = 0``, not the default."""
+    data = raw.get("data")
+    if isinstance(data, dict) and "val_fraction" not in data:
+        raw = {**raw, "data": {**data, "val_fraction": 0.0}}
+    return recipe_from_dict(raw, source=source)
 
 
 def load_plain(path: Path, what: str) -> Dict[str, Any]:

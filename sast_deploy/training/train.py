@@ -1,7 +1,10 @@
 """Stage 4, training: the SAST loop and its baselines, resumable at every epoch boundary.
 
 A run is written to a run directory (:mod:`sast_deploy.training.runs`): ``checkpoint.pt`` after every
-epoch, ``model.pt`` and ``metrics.json`` at the end. Evaluation lives in
+epoch, ``model.pt`` and ``metrics.json`` at the end. Every epoch is scored on the validation
+split (``data.val_fraction`` of the training recordings, :func:`sast_deploy.data.datasets.load_splits`);
+the test split is evaluated once, after the last epoch (with ``data.val_fraction = 0`` there is
+no validation split and every epoch is scored on the test split, as before). Evaluation lives in
 :mod:`sast_deploy.training.evaluate`, devices and ranks in :mod:`sast_deploy.distributed`.
 
 B and B' are drawn from two independent shuffles of the training set, each seeded from
@@ -16,22 +19,29 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple, Union
 
 import numpy as np
 import torch
 
-from .recipe import Recipe, RecipeError, canonical, recipe_from_dict
-from ..data.datasets import FrameDataset, class_counts, load_dataset
+from .recipe import Recipe, RecipeError, canonical
+from ..data.datasets import DatasetSplits, FrameDataset, class_counts, load_splits, split_validation
 from ..distributed import distributed_context, is_rank_zero, rank_slice, resolve_device
 from ..errors import RunError, one_line
 from .evaluate import Batch, evaluate, loss_on, minibatches
 from ..lock import run_lock
 from .model import SpikingNet, build_model, non_finite_parameters
 from .optim import SAST
-from .runs import read_checkpoint, save_checkpoint, save_run
+from .runs import read_checkpoint, save_checkpoint, save_run, saved_recipe
+from .val_metrics import validation_metrics
 
 History = List[Dict[str, float]]
+#: ``epoch_callback(epoch, row)``: called on rank 0 after epoch ``epoch`` (1-based, = row["epoch"])
+#: is checkpointed, with that epoch's history row; an exception it raises ends the run, resumably
+EpochCallback = Callable[[int, Dict[str, float]], None]
+#: what ``train(data=...)`` takes: the three splits, or (training recordings, test) of
+#: :func:`sast_deploy.data.datasets.load_dataset`, from which the validation split is cut
+TrainData = Union[DatasetSplits, Tuple[FrameDataset, FrameDataset]]
 
 
 # --- steps -----------------------------------------------------------------------------
@@ -135,7 +145,7 @@ def check_finite(loss: float, net: SpikingNet, epoch: int, step: int, ckpt_path:
 
 def _checkpoint_matches(saved: dict, recipe: Recipe, path: Path) -> None:
     try:
-        same = canonical(recipe_from_dict(saved, source=str(path))) == canonical(recipe)
+        same = canonical(saved_recipe(saved, source=str(path))) == canonical(recipe)
     except RecipeError:
         same = False
     if not same:
@@ -176,6 +186,7 @@ class Trainer:
     opt: torch.optim.Optimizer
     step: TrainStep
     train_set: FrameDataset
+    val_set: Optional[FrameDataset]  # None: data.val_fraction = 0, epochs are scored on the test split
     test_set: FrameDataset
     device: torch.device
     rank: int
@@ -208,16 +219,20 @@ def run_epoch(tr: Trainer, epoch: int) -> Tuple[float, int, float]:
 
 
 def epoch_row(tr: Trainer, epoch: int, loss: float, passes: Optional[int], train_seconds: float) -> Dict[str, float]:
-    """The history row of ``epoch`` (0-based): its mean loss, the test accuracies after it, and
-    ``passes`` and ``train_seconds`` of the whole run so far (per rank)."""
+    """The history row of ``epoch`` (0-based): its mean loss, the accuracies (percent) after it
+    on the validation split (``val_surrogate_accuracy``, ``val_hard_accuracy``,
+    ``val_transfer_gap_pp``; on the test split, unprefixed, when there is no validation split),
+    and ``passes`` and ``train_seconds`` of the whole run so far (per rank)."""
     from tqdm import tqdm
 
     row = {"epoch": epoch + 1, "train_loss": loss, "train_seconds": train_seconds, "forward_backward_passes": passes}
-    row.update(evaluate(tr.net, tr.test_set, ("surrogate", "hard"), tr.recipe.training.eval_batch_size))
+    scored, prefix = (tr.test_set, "") if tr.val_set is None else (tr.val_set, "val_")
+    accuracies = evaluate(tr.net, scored, ("surrogate", "hard"), tr.recipe.training.eval_batch_size)
+    row.update({prefix + k: v for k, v in accuracies.items()})
     if tr.progress and tr.rank == 0:
         tqdm.write(
-            f"epoch {epoch + 1:3d}  loss {row['train_loss']:.4f}  surrogate {row['surrogate_accuracy']:.2f}%  "
-            f"hard {row['hard_accuracy']:.2f}%  gap {row['transfer_gap_pp']:+.2f} pp"
+            f"epoch {epoch + 1:3d}  loss {row['train_loss']:.4f}  {prefix or 'test_'}surrogate {accuracies['surrogate_accuracy']:.2f}%  "
+            f"hard {accuracies['hard_accuracy']:.2f}%  gap {accuracies['transfer_gap_pp']:+.2f} pp"
         )
     return row
 
@@ -230,29 +245,41 @@ def train(
     out_dir: str | Path,
     progress: bool = True,
     resume: bool = True,
-    data: Optional[Tuple[FrameDataset, FrameDataset]] = None,
+    data: Optional[TrainData] = None,
     log: Callable[[str], None] = print,
+    epoch_callback: Optional[EpochCallback] = None,
 ) -> Dict[str, object]:
     """Train a recipe into ``out_dir``; returns the metrics written to metrics.json. The run
-    directory is locked while training (see :mod:`sast_deploy.lock`; rank 0 holds it)."""
+    directory is locked while training (see :mod:`sast_deploy.lock`; rank 0 holds it).
+
+    ``data``: the splits (default: :func:`sast_deploy.data.datasets.load_splits` of the
+    recipe); a (training recordings, test) pair has its validation split cut by the recipe.
+    ``epoch_callback(epoch, row)`` is called on rank 0 after each epoch's checkpoint is written,
+    ``epoch`` 1-based, ``row`` a copy of that epoch's history row (``val_surrogate_accuracy``,
+    ``val_hard_accuracy`` in percent, ...); an exception it raises propagates and leaves the run
+    resumable from that checkpoint (an Optuna pruner raises ``TrialPruned`` there)."""
     out_dir = Path(out_dir)
     with run_lock(out_dir, "train") if is_rank_zero() else contextlib.nullcontext():
-        return _train(recipe, out_dir, progress, resume, data, log)
+        return _train(recipe, out_dir, progress, resume, data, log, epoch_callback)
 
 
-def _datasets(recipe: Recipe, data: Optional[Tuple[FrameDataset, FrameDataset]], progress: bool) -> Tuple[FrameDataset, FrameDataset]:
-    train_set, test_set = data if data is not None else load_dataset(recipe.data, progress=progress)
-    if len(train_set) == 0 or len(test_set) == 0:
-        raise RunError(f"dataset {recipe.data.name}: empty split (train {len(train_set)}, test {len(test_set)})")
-    return train_set, test_set
+def _datasets(recipe: Recipe, data: Optional[TrainData], progress: bool) -> DatasetSplits:
+    if data is None:
+        splits = load_splits(recipe.data, progress=progress)
+    elif isinstance(data, DatasetSplits):
+        splits = data
+    else:
+        splits = split_validation(*data, recipe.data)
+    if len(splits.train) == 0 or len(splits.test) == 0:
+        raise RunError(f"dataset {recipe.data.name}: empty split (train {len(splits.train)}, test {len(splits.test)})")
+    return splits
 
 
-def _trainer(recipe: Recipe, out_dir: Path, device: torch.device, data: Tuple[FrameDataset, FrameDataset],
-             progress: bool) -> Trainer:
+def _trainer(recipe: Recipe, out_dir: Path, device: torch.device, data: DatasetSplits, progress: bool) -> Trainer:
     """The network (the same initial weights on every rank), its optimizer and step."""
     rank, world = distributed_context(device)
     torch.manual_seed(recipe.training.seed)
-    net = build_model(recipe.model, data[0].input_shape, recipe.data.spec.n_classes).to(device)
+    net = build_model(recipe.model, data.train.input_shape, recipe.data.spec.n_classes).to(device)
     model = net
     if world > 1:
         # Both SAST phases all-reduce their gradient through DDP's backward hook: the
@@ -260,12 +287,12 @@ def _trainer(recipe: Recipe, out_dir: Path, device: torch.device, data: Tuple[Fr
         # under no_sync) and the update the global gradient at w + eps.
         model = torch.nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
     return Trainer(recipe=recipe, net=net, model=model, opt=make_optimizer(model, recipe), step=make_step(recipe),
-                   train_set=data[0], test_set=data[1], device=device, rank=rank, world=world,
+                   train_set=data.train, val_set=data.val, test_set=data.test, device=device, rank=rank, world=world,
                    ckpt_path=out_dir / "checkpoint.pt", progress=progress)
 
 
-def _train(recipe: Recipe, out_dir: Path, progress: bool, resume: bool,
-           data: Optional[Tuple[FrameDataset, FrameDataset]], log: Callable[[str], None]) -> Dict[str, object]:
+def _train(recipe: Recipe, out_dir: Path, progress: bool, resume: bool, data: Optional[TrainData],
+           log: Callable[[str], None], epoch_callback: Optional[EpochCallback]) -> Dict[str, object]:
     from tqdm import tqdm
 
     device = resolve_device(recipe.training.device)  # before the data: a bad device fails fast
@@ -286,6 +313,8 @@ def _train(recipe: Recipe, out_dir: Path, progress: bool, resume: bool,
         history.append(epoch_row(tr, epoch, loss, passes, train_seconds))
         if tr.rank == 0:
             save_checkpoint(tr.ckpt_path, epoch + 1, tr.net, tr.opt, history, train_seconds, recipe)
+            if epoch_callback is not None:
+                epoch_callback(epoch + 1, dict(history[-1]))
     metrics = final_metrics(tr, history, train_seconds)
     if tr.rank == 0:
         save_run(out_dir, tr.net, recipe, metrics)
@@ -293,15 +322,24 @@ def _train(recipe: Recipe, out_dir: Path, progress: bool, resume: bool,
 
 
 def final_metrics(tr: Trainer, history: History, train_seconds: float) -> Dict[str, object]:
-    """metrics.json: the last epoch's accuracies (percent), sizes, cost (seconds and
-    forward-backward passes, per rank) and the history."""
+    """metrics.json: the final network's test accuracies (percent; the test split's only
+    evaluation when there is a validation split), its ``validation`` block
+    (:func:`sast_deploy.training.val_metrics.validation_metrics`; None without a validation
+    split), sizes, cost (seconds and forward-backward passes, per rank) and the history."""
     last = history[-1]
+    if tr.val_set is None:
+        test, validation = last, None
+    else:
+        test = evaluate(tr.net, tr.test_set, ("surrogate", "hard"), tr.recipe.training.eval_batch_size)
+        float_accuracies = {k: last[f"val_{k}"] for k in ("surrogate_accuracy", "hard_accuracy")}
+        validation = validation_metrics(tr.net, tr.val_set, tr.recipe.data.spec.n_classes, float_accuracies)
     return {
         "recipe": tr.recipe.name,
         "optimizer": tr.recipe.optimizer.name,
-        "surrogate_accuracy": last["surrogate_accuracy"],
-        "hard_accuracy": last["hard_accuracy"],
-        "transfer_gap_pp": last["transfer_gap_pp"],
+        "surrogate_accuracy": test["surrogate_accuracy"],
+        "hard_accuracy": test["hard_accuracy"],
+        "transfer_gap_pp": test["transfer_gap_pp"],
+        "validation": validation,
         "n_test": len(tr.test_set),
         "n_train": len(tr.train_set),
         "train_class_counts": class_counts(tr.train_set.labels, tr.recipe.data.spec.n_classes),
