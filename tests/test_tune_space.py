@@ -132,6 +132,10 @@ BAD = [
     ('base = "base.toml"\n[pruning]\nmin_epochs = 0\n[[param]]\nname = "model.alpha"\nlow = 1\nhigh = 2', "pruning.min_epochs"),
     ('base = "base.toml"\n[[param]]\nname = "model.alpha"\nlow = 1\nhigh = inf', "param[0].high must be a finite number"),
     ('base = "base.toml"\n[[param', "not valid TOML"),
+    ('base = "base.toml"\nset = ["data.val_fraction=0.0"]\n[[param]]\nname = "model.alpha"\nlow = 1\nhigh = 2',
+     "data.val_fraction must be > 0: trials are scored on the validation split"),
+    ('base = "base.toml"\n[[param]]\nname = "data.val_fraction"\nchoices = [0.1, 0.0]',
+     "param 'data.val_fraction' = 0.0: data.val_fraction must be > 0"),
 ]
 
 
