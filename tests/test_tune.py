@@ -279,3 +279,14 @@ def test_two_processes_share_one_storage(tmp_path, small_data):
     assert len({tuple(sorted(t.params.items())) for t in study.trials}) == 4  # no draw repeated across processes
     assert not (out / "tune.db").exists()  # the given storage, not the default
     assert "| 4 | 4 | 0 | 0 | 0 |" in (out / "tune.md").read_text()
+
+
+def test_a_run_that_leaves_the_test_split_unread_needs_a_validation_split(tmp_path, small_data):
+    from sast_deploy.errors import RunError
+    from sast_deploy.training.train import train
+
+    (tmp_path / "base.toml").write_text(BASE)
+    recipe = load_recipe(tmp_path / "base.toml", ["data.val_fraction=0.0"])
+    with pytest.raises(RunError, match="needs a validation split"):
+        train(recipe, tmp_path / "run", progress=False, data=small_data[1], evaluate_test=False)
+    assert not (tmp_path / "run" / "checkpoint.pt").exists()
