@@ -175,7 +175,7 @@ def cmd_calibrate(args) -> int:
     from .training.calibrate import calibrate_run
 
     m = calibrate_run(args.run_dir, args.out, fraction=args.fraction, progress=not args.quiet)
-    print(json.dumps({k: m[k] for k in ("v_th_scale", "calibration_samples", "calibration_hard_accuracy",
+    print(json.dumps({k: m[k] for k in ("v_th_scale", "calibration_split", "calibration_samples", "calibration_hard_accuracy", "calibration_out_of_range",
                                         "uncalibrated_hard_accuracy", "surrogate_accuracy", "hard_accuracy", "transfer_gap_pp")}, indent=2))
     return 0
 
@@ -383,7 +383,7 @@ def add_calibrate(sub, o: Shared) -> None:
     p = sub.add_parser("calibrate", parents=[o.quiet, o.out("run directory for the calibrated network", required=True)],
                        help="post-hoc per-layer threshold calibration of a run on a split of its training data")
     p.add_argument("run_dir")
-    p.add_argument("--fraction", type=float, default=0.1, help="fraction of training source images used for calibration")
+    p.add_argument("--fraction", type=float, default=0.1, help="runs trained with data.val_fraction = 0 only (others calibrate on their validation split): fraction of training source images used for calibration")
     p.set_defaults(func=cmd_calibrate)
 
 

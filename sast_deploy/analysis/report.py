@@ -53,6 +53,27 @@ class CompareSummary:
 
 @output_data
 @dataclass(frozen=True)
+class NotDeployed:
+    """compare.json of a run the target cannot represent (:func:`sast_deploy.deploy.compare.record_undeployable`)."""
+
+    deployable: bool
+    reason: str
+
+
+def _read_compare(path: Path) -> Dict[str, Any]:
+    compared = read_json(path, "comparison")
+    deployable = not isinstance(compared, dict) or compared.get("deployable", True) is not False
+    validated(CompareSummary if deployable else NotDeployed, compared, str(path), RunError)
+    return compared
+
+
+def deployed(runs: List[dict]) -> List[dict]:
+    """The runs whose network the target could represent (compare.json ``deployable`` true or absent)."""
+    return [r for r in runs if r["compare"].get("deployable", True)]
+
+
+@output_data
+@dataclass(frozen=True)
 class RunMetrics:
     """The fields of a run's metrics the report reads (accuracies in percent, times in s)."""
 
@@ -91,8 +112,7 @@ def collect(study_dir: str | Path, diagnostics: bool = True) -> Dict[str, object
                 continue  # not finished: the report covers what exists
             model, recipe, metrics = load_run(d)
             validated(RunMetrics, metrics, str(d / "model.pt"), RunError, prefix="metrics")
-            compared = read_json(d / "compare.json", "comparison")
-            validated(CompareSummary, compared, str(d / "compare.json"), RunError)
+            compared = _read_compare(d / "compare.json")
             run = {"seed": seed, "dir": str(d), "metrics": metrics, "compare": compared,
                    "rho": recipe.optimizer.rho, "optimizer": recipe.optimizer.name,
                    "surrogate": recipe.model.surrogate, "alpha": recipe.model.alpha}
@@ -120,9 +140,11 @@ def summarize(data: Dict[str, object]) -> List[Dict[str, object]]:
         row = {"method": name, "seeds": len(runs)}
         for key in ("surrogate_accuracy", "hard_accuracy", "transfer_gap_pp"):
             row[key] = _ms([r["metrics"][key] for r in runs])
-        row["emulator_accuracy"] = _ms([r["compare"]["emulator_accuracy"] for r in runs])
-        row["lava_accuracy"] = _ms([r["compare"]["lava_accuracy"] for r in runs])
-        row["lava_emulator_agreement"] = min(r["compare"]["lava_emulator_agreement"] for r in runs)
+        ok = deployed(runs)  # the deployed modes average the runs that could be deployed
+        row["not_deployable"] = len(runs) - len(ok)
+        row["emulator_accuracy"] = _ms([r["compare"]["emulator_accuracy"] for r in ok])
+        row["lava_accuracy"] = _ms([r["compare"]["lava_accuracy"] for r in ok])
+        row["lava_emulator_agreement"] = min((r["compare"]["lava_emulator_agreement"] for r in ok), default=float("nan"))
         t = statistics.mean(r["metrics"]["train_seconds"] for r in runs)
         row["train_time_vs_baseline"] = t / base_time if base_time else float("nan")
         if all("diagnostics" in r for r in runs):
@@ -143,9 +165,16 @@ def markdown(rows: List[Dict[str, object]], data: Dict[str, object]) -> str:
              "| method | seeds | surrogate | hard (float) | transfer gap | hard (Loihi 2 emulator) | Lava | Lava = emulator (min) | train time vs baseline |",
              "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['method']} | {r['seeds']} | {f(r['surrogate_accuracy'])} | {f(r['hard_accuracy'])} | "
+        seeds = f"{r['seeds']} ({r['not_deployable']} not deployable)" if r["not_deployable"] else f"{r['seeds']}"
+        lines.append(f"| {r['method']} | {seeds} | {f(r['surrogate_accuracy'])} | {f(r['hard_accuracy'])} | "
                      f"{f(r['transfer_gap_pp'])} | {f(r['emulator_accuracy'])} | {f(r['lava_accuracy'])} | "
                      f"{r['lava_emulator_agreement']:.4f} | {r['train_time_vs_baseline']:.2f} |")
+    failed = not_deployable(data)
+    if failed:
+        lines += ["", "## Runs that cannot be deployed", "",
+                  "Their float accuracies count in the table above; the emulator and Lava columns average the others.", "",
+                  "| method | seed | reason |", "|---|---|---|"]
+        lines += [f"| {x['method']} | {x['seed']} | {x['reason']} |" for x in failed]
     if all("sharpness" in r for r in rows):
         lines += ["", "## Mechanism diagnostics", "",
                   f"| method | max spectral norm | input-gradient norm | sharpness (loss rise at ‖ε‖ = {SHARPNESS_RHO}) | fence-sitters (\\|v'−θ\\|/θ < 0.1) |",
@@ -154,6 +183,12 @@ def markdown(rows: List[Dict[str, object]], data: Dict[str, object]) -> str:
             lines.append(f"| {r['method']} | {f(r['spectral_norm_max'])} | {f(r['input_gradient_norm'], 3)} | "
                          f"{f(r['sharpness'], 4)} | {f(r['fence_sitters'], 4)} |")
     return "\n".join(lines) + "\n"
+
+
+def not_deployable(data: Dict[str, object]) -> List[Dict[str, object]]:
+    """Per run that cannot be deployed: method, seed, run directory and the reason."""
+    return [{"method": name, "seed": r["seed"], "dir": r["dir"], "reason": r["compare"]["reason"]}
+            for name, runs in data["methods"].items() for r in runs if not r["compare"].get("deployable", True)]
 
 
 def _save(fig, path: Path) -> Path:
@@ -302,23 +337,29 @@ def accuracy_by_mode_figure(rows: List[Dict[str, object]], path: Path) -> Path:
 
 
 def training_curves_figure(methods: Dict[str, List[dict]], names: List[str], path: Path) -> Path:
-    """Test accuracy (%) per epoch of the methods ``names``, surrogate and hard: the mean over
-    seeds, and their range as a band."""
+    """Accuracy (%) per epoch of the methods ``names``, surrogate and hard: the mean over
+    seeds, and their range as a band. Validation accuracy when every run's history has it
+    (runs with a validation split), test accuracy otherwise (runs from before it, or
+    ``data.val_fraction = 0``)."""
     import matplotlib.pyplot as plt
 
+    rows = [h for name in names for r in methods[name] for h in r["metrics"]["history"]]
+    prefix, split = ("val_", "validation") if rows and all("val_hard_accuracy" in h for h in rows) else ("", "test")
     fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
     for ax, key, label in ((axes[0], "surrogate_accuracy", "surrogate-forward"), (axes[1], "hard_accuracy", "hard spikes")):
         for name in names:
-            hist = [[h[key] for h in r["metrics"]["history"]] for r in methods[name]]
+            hist = [[h[prefix + key] for h in r["metrics"]["history"] if prefix + key in h] for r in methods[name]]
+            if not all(hist):
+                continue  # runs of both kinds in one method: their curves do not share a split
             n = min(len(h) for h in hist)
             arr = np.array([h[:n] for h in hist])
             ax.plot(np.arange(1, n + 1), arr.mean(0), marker=".", label=name)
             ax.fill_between(np.arange(1, n + 1), arr.min(0), arr.max(0), alpha=0.2)
         ax.set_xlabel("epoch")
-        ax.set_title(f"test accuracy, {label}")
+        ax.set_title(f"{split} accuracy, {label}")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    axes[0].set_ylabel("test accuracy (%) (mean, band: seed range)")
+    axes[0].set_ylabel(f"{split} accuracy (%) (mean, band: seed range)")
     fig.tight_layout()
     return _save(fig, path)
 
@@ -367,6 +408,6 @@ def write_report(study_dir: str | Path, out: str | Path, diagnostics: bool = Tru
     pngs = figures(data, rows, out)
     md = markdown(rows, data) + "\n## Figures\n\n" + "\n".join(f"![{p.stem}]({p.name})" for p in pngs) + "\n"
     atomic_write_text(out / "report.md", md)
-    atomic_write_text(out / "report.json", json.dumps({"study": data["study"], "rows": rows,
+    atomic_write_text(out / "report.json", json.dumps({"study": data["study"], "rows": rows, "not_deployable": not_deployable(data),
                                                        "also": [d["study"]["name"] for d in data["also"]]}, indent=2) + "\n")
     return {"md": out / "report.md", "json": out / "report.json", "figures": pngs, "rows": rows}

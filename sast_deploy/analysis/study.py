@@ -92,6 +92,8 @@ def run_study(study: Study, out: str | Path, progress: bool = True, log=print,
         raise RecipeError(f"study {study.name}: seeds {unknown} are not among the study's seeds {list(study.seeds)}")
     from ..training.calibrate import calibrate_run
     from ..deploy.compare import compare_run
+    from ..deploy.quantize import QuantizationError
+    from ..errors import one_line
     from ..training.train import train
 
     out = Path(out)
@@ -111,6 +113,9 @@ def run_study(study: Study, out: str | Path, progress: bool = True, log=print,
                     recipe = load_recipe(study.base, [*m.set, f"training.seed={seed}"])
                     train(recipe, d, progress=progress)
             if not (d / "compare.json").exists():
-                compare_run(d, samples=study.lava_samples, progress=progress)
+                try:
+                    compare_run(d, samples=study.lava_samples, progress=progress)
+                except QuantizationError as exc:  # recorded in compare.json by compare_run; the study goes on
+                    log(f"[{study.name}] {m.name} seed {seed}: cannot be deployed ({one_line(exc)}); recorded in {d / 'compare.json'}")
             done.append(d)
     return done

@@ -4,6 +4,9 @@ sample, on a trained run. Writes ``compare.json`` and ``compare.md`` in the run 
 Accuracies are percent; gaps are percentage points:
   transfer_gap_pp      surrogate − hard (float), full test split
   quantization_gap_pp  hard (float) − Lava, on the samples Lava ran
+
+A run whose network the target cannot represent (a QuantizationError) is recorded as such:
+compare.json holds ``"deployable": false`` and the ``reason``, and the error is raised on.
 """
 
 from __future__ import annotations
@@ -23,10 +26,10 @@ from .export import precision_suffix, write_run_netx
 from ..fileio import atomic_write_text
 from ..lock import run_lock
 from ..training.model import SpikingNet, predict
-from .quantize import Loihi2Spec, QuantizedNet, load_spec, quantize
+from .quantize import Loihi2Spec, QuantizationError, QuantizedNet, load_spec, quantize
 from .simulate import SimulationResult, simulate_lava
 from ..distributed import distributed_context, is_rank_zero
-from ..errors import RunError
+from ..errors import RunError, one_line
 from ..training.evaluate import accuracy_pct, output_counts
 from ..training.runs import load_run
 
@@ -48,8 +51,24 @@ def compare_run(run_dir: str | Path, samples: int = 500, progress: bool = True, 
     run_dir = Path(run_dir)
     if not (run_dir / "model.pt").is_file():
         load_run(run_dir)  # the error that names what is missing, before a lock creates anything
+    spec = spec or load_spec()
     with run_lock(run_dir, "compare") if is_rank_zero() else contextlib.nullcontext():
-        return _compare_run(run_dir, samples, progress, spec or load_spec(), copies)
+        try:
+            return _compare_run(run_dir, samples, progress, spec, copies)
+        except QuantizationError as exc:
+            if is_rank_zero():
+                record_undeployable(run_dir, spec, exc)
+            raise
+
+
+def record_undeployable(run_dir: Path, spec: Loihi2Spec, exc: QuantizationError) -> Dict[str, object]:
+    """compare.json (and .md) of a run the target cannot represent: ``deployable`` false and the
+    reason, so that a study records the run and goes on."""
+    suffix = precision_suffix(spec)
+    result = {"run": str(run_dir), "weight_bits": spec.weight_bits, "deployable": False, "reason": one_line(exc)}
+    atomic_write_text(run_dir / f"compare{suffix}.json", json.dumps(result, indent=2) + "\n")
+    atomic_write_text(run_dir / f"compare{suffix}.md", f"{run_dir.name}: cannot be deployed ({result['reason']})\n")
+    return result
 
 
 def _compare_run(run_dir: Path, samples: int, progress: bool, spec: Loihi2Spec, copies: Optional[int]) -> Dict[str, object]:
@@ -73,6 +92,7 @@ def _compare_run(run_dir: Path, samples: int, progress: bool, spec: Loihi2Spec, 
     result = {
         "run": str(run_dir),
         "weight_bits": spec.weight_bits,
+        "deployable": True,
         "n_samples": len(lava_idx),
         "n_test": len(test),
         "lava_class_counts": class_counts(test.labels[lava_idx], recipe.data.spec.n_classes),  # the subset Lava ran

@@ -126,16 +126,35 @@ class QuantizedNet:
         return rows
 
 
+def layer_scale(max_abs_weight: float, v_th: float, spec: Loihi2Spec) -> float:
+    """Mantissa units per float unit of a layer whose largest |weight| is ``max_abs_weight``
+    and whose threshold is ``v_th``: the largest scale that keeps every weight inside the
+    mantissa range and the threshold inside its bits."""
+    return min(spec.weight_max / max_abs_weight, spec.vth_max / v_th)  # the threshold must fit its mantissa
+
+
+def threshold_mantissa(max_abs_weight: float, v_th: float, spec: Loihi2Spec) -> int:
+    """The threshold mantissa the quantizer gives ``v_th`` (0: not representable, the
+    layer's weights leave it no resolution below one mantissa unit)."""
+    return int(round(v_th * layer_scale(max_abs_weight, v_th, spec)))
+
+
+def max_abs_weight(layer) -> float:
+    """The largest |weight| of one layer of a SpikingNet (the sum-pool's single weight for a pool)."""
+    if layer.kind == "pool":
+        return abs(float(layer.synapse.weight))
+    return float(layer.synapse.weight.detach().abs().max())
+
+
 def _quantize_weights(w: np.ndarray, v_th: float, spec: Loihi2Spec, layer: str) -> Tuple[np.ndarray, int, float, int, float]:
     max_abs = float(np.abs(w).max())
     if max_abs == 0.0:
         raise QuantizationError(f"{layer}: all weights are zero (nothing to deploy; netx cannot load it either)")
-    scale = spec.weight_max / max_abs
-    scale = min(scale, spec.vth_max / v_th)  # the threshold must fit its mantissa
+    scale = layer_scale(max_abs, v_th, spec)
     w_int = np.rint(w * scale).astype(np.int64)
     n_clipped = int(np.sum((w_int > spec.weight_max) | (w_int < -spec.weight_max - 1)))
     w_int = np.clip(w_int, -spec.weight_max - 1, spec.weight_max)
-    vth_mant = int(round(v_th * scale))
+    vth_mant = threshold_mantissa(max_abs, v_th, spec)
     if vth_mant < 1:
         raise QuantizationError(f"{layer}: threshold rounds to 0 at scale {scale:.3g}")
     err = float(np.mean(np.abs(w - w_int / scale)))
