@@ -70,11 +70,14 @@ class Objective:
     direction: str  # Optuna's: maximize | minimize
     label: str  # what it is, with its unit
     field: str  # the field of metrics.json's validation block
+    axis: str  # its short name on a figure's axis
 
 
 OBJECTIVES: Dict[str, Objective] = {
-    "accuracy": Objective("maximize", "validation accuracy of the deployed network (emulator, %)", "emulator_accuracy"),
-    "synops": Objective("minimize", "SynOps per validation sample (emulator)", "emulator_synops_per_sample"),
+    "accuracy": Objective("maximize", "validation accuracy of the deployed network (emulator, %)", "emulator_accuracy",
+                          "val accuracy, emulator %"),
+    "synops": Objective("minimize", "SynOps per validation sample (emulator)", "emulator_synops_per_sample",
+                        "SynOps per val sample"),
 }
 
 

@@ -182,7 +182,7 @@ def _save(axes, path: Path) -> Path:
     import numpy as np
 
     fig = np.ravel(axes)[0].figure
-    fig.set_size_inches(7, 4.5)
+    fig.set_size_inches(8, 4.5)
     fig.tight_layout()
     atomic_write_bytes(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
     plt.close(fig)
@@ -216,12 +216,12 @@ def write_figures(study: optuna.Study, out: Path, objectives: Sequence[str], log
     from .search import OBJECTIVES
 
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    first = OBJECTIVES[objectives[0]].label
+    first = OBJECTIVES[objectives[0]].axis
     target = None if len(objectives) == 1 else (lambda t: t.values[0])
     figures = {"history": lambda: ovm.plot_optimization_history(study, target=target, target_name=first)}
     front = study if len(objectives) > 1 else accuracy_synops_study(complete)
     figures["pareto_front"] = lambda: ovm.plot_pareto_front(
-        front, target_names=[OBJECTIVES[o].label for o in ("accuracy", "synops")])
+        front, target_names=[OBJECTIVES[o].axis for o in ("accuracy", "synops")])
     if len(complete) >= 2:
         # fANOVA: the share of the objective's variance each parameter explains, whichever
         # way the objective points (Optuna's default evaluator ranks for low values)
