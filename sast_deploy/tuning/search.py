@@ -314,7 +314,7 @@ def tune(space: SearchSpace, out: str | Path, n_trials: int, objectives: Optiona
                 if runner.running is not None:
                     with deferred_signals():
                         if requeue_interrupted(study, runner.running) is not None:
-                            log(f"trial {runner.running} interrupted: queued for a retry from its checkpoint")
+                            log(f"trial {runner.running} interrupted: queued for a retry, which resumes after its last finished epoch")
                 raise
         written = write_summary(study, space, out, objectives, shown_url(url))
     finally:
