@@ -115,6 +115,12 @@ def test_recipes_in_train_folder_are_valid():
             load_recipe(path)
 
 
+def test_overrides_never_change_the_callers_tables():
+    raw = {"data": {"synthetic": {"test_variants": 1}}}
+    assert apply_overrides(raw, ["data.synthetic.test_variants=8"])["data"]["synthetic"]["test_variants"] == 8
+    assert raw == {"data": {"synthetic": {"test_variants": 1}}}  # shared test data once changed this way
+
+
 def test_recipe_errors_name_file_and_field(tmp_path):
     bad = tmp_path / "bad.toml"
     bad.write_text('[model]\nalpah = 2.0\n')

@@ -15,6 +15,7 @@ field (values are TOML literals: ``--set model.hidden=[256]``).
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 from dataclasses import dataclass, field
@@ -129,8 +130,9 @@ def _parse_value(text: str) -> Any:
 
 
 def apply_overrides(raw: Dict[str, Any], overrides: Sequence[str]) -> Dict[str, Any]:
-    """Apply ``section.key=value`` overrides (nested: ``data.synthetic.seed=3``) to a raw recipe."""
-    raw = {k: (dict(v) if isinstance(v, Mapping) else v) for k, v in raw.items()}
+    """Apply ``section.key=value`` overrides (nested: ``data.synthetic.seed=3``) to a copy of a raw
+    recipe (a deep copy: the caller's nested tables are never changed)."""
+    raw = copy.deepcopy(dict(raw))
     for item in overrides:
         if "=" not in item:
             raise RecipeError(f"--set {item!r}: expected section.key=value")
