@@ -7,6 +7,7 @@
     sast-deploy compare RUN_DIR [--samples N]
     sast-deploy demo [--out runs/demo]
     sast-deploy write-dataset synthetic-nmnist --out DATA_DIR [--train N --test M]
+    sast-deploy tune train/tune-nmnist.toml --out OUT [--n-trials N] [--objectives accuracy,synops] [--storage URL]
 
 Every command exits non-zero with a one-line message naming the file or field at fault.
 """
@@ -263,6 +264,18 @@ def cmd_write_dataset(args) -> int:
     return 0
 
 
+def cmd_tune(args) -> int:
+    from .tuning.search import parse_objectives, tune
+    from .tuning.space import load_space
+
+    space = load_space(_find_recipe(args.space))
+    objectives = parse_objectives(args.objectives) if args.objectives else None
+    result = tune(space, args.out, args.n_trials, objectives, args.storage, progress=not args.quiet)
+    print(result.written["md"].read_text())
+    print(f"wrote {', '.join(str(p) for p in result.written.values())}")
+    return 0
+
+
 # --- option values: argparse types that check the range (argparse reports them, exit 2) ------
 
 
@@ -454,8 +467,22 @@ def add_write_dataset(sub, o: Shared) -> None:
     p.set_defaults(func=cmd_write_dataset)
 
 
+def add_tune(sub, o: Shared) -> None:
+    p = sub.add_parser("tune", parents=[o.quiet, o.out("output folder: trials/, tune.db, tune.md, best.toml, figures", required=True)],
+                       help="search recipes with Optuna for the validation accuracy of the deployed network (resumable, shareable)")
+    p.add_argument("space", help="search-space TOML (or the name of one in train/, e.g. tune-nmnist)")
+    p.add_argument("--n-trials", type=int, default=10, help="trials this process runs (0: only write the summary)")
+    p.add_argument("--objectives", default=None, metavar="accuracy[,synops]",
+                   help="accuracy (validation accuracy on the emulator, maximised); accuracy,synops adds SynOps per "
+                        "sample, minimised: the Pareto front (no pruning). Default: the study's, else accuracy")
+    p.add_argument("--storage", default=None, metavar="URL",
+                   help="Optuna storage shared by several processes or machines (default sqlite:///OUT/tune.db), "
+                        "e.g. postgresql://user@host/db")
+    p.set_defaults(func=cmd_tune)
+
+
 COMMANDS = (add_train, add_evaluate, add_demo, add_export, add_simulate, add_compare, add_study, add_report,
-            add_calibrate, add_robustness, add_precision, add_write_dataset)
+            add_calibrate, add_robustness, add_precision, add_write_dataset, add_tune)
 
 
 def build_parser() -> argparse.ArgumentParser:

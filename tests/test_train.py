@@ -92,12 +92,15 @@ def test_recipes_in_train_folder_are_valid():
     from pathlib import Path
 
     from sast_deploy.analysis.study import load_study
+    from sast_deploy.tuning.space import load_space
 
     recipes = sorted((Path(__file__).resolve().parents[1] / "train").glob("*.toml"))
     assert recipes
     for path in recipes:
         if path.name.startswith("study-"):
             assert load_study(path).methods  # study files: methods over a recipe, each override valid
+        elif path.name.startswith("tune-") and not path.name.startswith("tune-best-"):
+            assert load_space(path).params  # search spaces: every value of every parameter valid
         else:
             load_recipe(path)
 

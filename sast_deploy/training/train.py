@@ -249,6 +249,7 @@ def train(
     data: Optional[TrainData] = None,
     log: Callable[[str], None] = print,
     epoch_callback: Optional[EpochCallback] = None,
+    evaluate_test: bool = True,
 ) -> Dict[str, object]:
     """Train a recipe into ``out_dir``; returns the metrics written to metrics.json. The run
     directory is locked while training (see :mod:`sast_deploy.lock`; rank 0 holds it).
@@ -258,11 +259,13 @@ def train(
     ``epoch_callback(epoch, row)`` is called on rank 0 after each epoch's checkpoint is written,
     ``epoch`` 1-based, ``row`` a copy of that epoch's history row (``val_surrogate_accuracy``,
     ``val_hard_accuracy`` in percent, ...); an exception it raises propagates and leaves the run
-    resumable from that checkpoint (an Optuna pruner raises ``TrialPruned`` there)."""
+    resumable from that checkpoint (an Optuna pruner raises ``TrialPruned`` there).
+    ``evaluate_test=False`` leaves the test split unread (its accuracies in metrics.json are
+    NaN, ``test_evaluated`` false): the tuner's trials choose on the validation split alone."""
     out_dir = Path(out_dir)
     check_training(recipe)  # before the run directory, the lock and the data
     with run_lock(out_dir, "train") if is_rank_zero() else contextlib.nullcontext():
-        return _train(recipe, out_dir, progress, resume, data, log, epoch_callback)
+        return _train(recipe, out_dir, progress, resume, data, log, epoch_callback, evaluate_test)
 
 
 def _datasets(recipe: Recipe, data: Optional[TrainData], progress: bool) -> DatasetSplits:
@@ -294,11 +297,15 @@ def _trainer(recipe: Recipe, out_dir: Path, device: torch.device, data: DatasetS
 
 
 def _train(recipe: Recipe, out_dir: Path, progress: bool, resume: bool, data: Optional[TrainData],
-           log: Callable[[str], None], epoch_callback: Optional[EpochCallback]) -> Dict[str, object]:
+           log: Callable[[str], None], epoch_callback: Optional[EpochCallback],
+           evaluate_test: bool = True) -> Dict[str, object]:
     from tqdm import tqdm
 
     device = resolve_device(recipe.training.device)  # before the data: a bad device fails fast
     tr = _trainer(recipe, out_dir, device, _datasets(recipe, data, progress), progress)
+    if not evaluate_test and tr.val_set is None:
+        raise RunError(f"{recipe.name}: a run that leaves the test split unread needs a validation split "
+                       f"(data.val_fraction > 0)")
     epochs = recipe.training.epochs
     history: History = []
     train_seconds = 0.0
@@ -317,13 +324,13 @@ def _train(recipe: Recipe, out_dir: Path, progress: bool, resume: bool, data: Op
             save_checkpoint(tr.ckpt_path, epoch + 1, tr.net, tr.opt, history, train_seconds, recipe)
             if epoch_callback is not None:
                 epoch_callback(epoch + 1, dict(history[-1]))
-    metrics = final_metrics(tr, history, train_seconds)
+    metrics = final_metrics(tr, history, train_seconds, evaluate_test)
     if tr.rank == 0:
         save_run(out_dir, tr.net, recipe, metrics)
     return metrics
 
 
-def final_metrics(tr: Trainer, history: History, train_seconds: float) -> Dict[str, object]:
+def final_metrics(tr: Trainer, history: History, train_seconds: float, evaluate_test: bool = True) -> Dict[str, object]:
     """metrics.json: the final network's test accuracies (percent; the test split's only
     evaluation when there is a validation split), its ``validation`` block
     (:func:`sast_deploy.training.val_metrics.validation_metrics`; None without a validation
@@ -332,7 +339,8 @@ def final_metrics(tr: Trainer, history: History, train_seconds: float) -> Dict[s
     if tr.val_set is None:
         test, validation = last, None
     else:
-        test = evaluate(tr.net, tr.test_set, ("surrogate", "hard"), tr.recipe.training.eval_batch_size)
+        test = (evaluate(tr.net, tr.test_set, ("surrogate", "hard"), tr.recipe.training.eval_batch_size) if evaluate_test
+                else dict.fromkeys(("surrogate_accuracy", "hard_accuracy", "transfer_gap_pp"), float("nan")))
         float_accuracies = {k: last[f"val_{k}"] for k in ("surrogate_accuracy", "hard_accuracy")}
         validation = validation_metrics(tr.net, tr.val_set, tr.recipe.data.spec.n_classes, float_accuracies)
     return {
@@ -342,6 +350,7 @@ def final_metrics(tr: Trainer, history: History, train_seconds: float) -> Dict[s
         "hard_accuracy": test["hard_accuracy"],
         "transfer_gap_pp": test["transfer_gap_pp"],
         "validation": validation,
+        "test_evaluated": evaluate_test,
         "n_test": len(tr.test_set),
         "n_train": len(tr.train_set),
         "train_class_counts": class_counts(tr.train_set.labels, tr.recipe.data.spec.n_classes),
