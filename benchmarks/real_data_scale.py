@@ -1,6 +1,6 @@
 """The real-data path at N-MNIST's full size: write a 60,000 + 10,000 N-MNIST-format tree
 (``sast-deploy write-dataset``), prepare its frames (list, decode in parallel, cache), train
-one epoch of ``train/nmnist.toml`` on it, then load it again from the cache. Each phase runs
+one epoch of ``train/nmnist-sast-paper.toml`` on it, then load it again from the cache. Each phase runs
 in a process of its own, so its peak resident memory (``ru_maxrss``) is its own; beside it,
 the peak over time of the summed PSS of the process and its decoding workers (sampled).
 
@@ -121,8 +121,8 @@ def main(argv=None) -> int:
     results["write"] = run_phase("write the tree", WRITE.format(root=str(tree), train=args.train, test=args.test), env)
     env["SAST_DEPLOY_CACHE"] = str(cache)
     results["prepare"] = run_phase("prepare (list, decode, cache)", PREPARE.format(root=str(tree)), env)
-    results["train_epoch"] = run_phase("train one epoch (train/nmnist.toml)",
-                                       TRAIN.format(recipe=str(REPO / "train" / "nmnist.toml"), root=tree, out=str(root / "run")), env)
+    results["train_epoch"] = run_phase("train one epoch (train/nmnist-sast-paper.toml)",
+                                       TRAIN.format(recipe=str(REPO / "train" / "nmnist-sast-paper.toml"), root=tree, out=str(root / "run")), env)
     results["cached"] = run_phase("load again from the cache", PREPARE.format(root=str(tree)), env)
     results["tree_mib"] = sum(f.stat().st_size for f in tree.rglob("*.bin")) / 2**20
     print("\n| phase | seconds | peak RSS, main process (MiB) | peak PSS, process and workers (MiB) |\n|---|---|---|---|")

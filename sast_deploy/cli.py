@@ -37,6 +37,7 @@ from .validation import SEED_MAX
 
 DEMO_RECIPE = "demo.toml"
 DEMO_ARCTAN_RECIPE = "demo-arctan.toml"
+DEMO_DEPLOY_RECIPE = "deploy.toml"
 
 
 def _find_recipe(name: str) -> Path:
@@ -207,40 +208,18 @@ def cmd_robustness(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from .training.recipe import load_recipe
-    from .data.datasets import load_dataset
-    from .training.train import train
+    from .analysis.demo import deploy_demo, plan_demo, train_demo, training_markdown
 
-    out = Path(args.out)
-    recipe_paths = [(_find_recipe(args.config), list(args.set))]
-    if args.beside:
-        recipe_paths.append((_find_recipe(args.beside), []))
-    # every recipe is read and checked before the first one trains
-    recipes = [(opt, load_recipe(path, [f"optimizer.name={opt}", *overrides]))
-               for path, overrides in recipe_paths for opt in ("baseline", "sast")]
-    runs, data, data_cfg = [], None, None  # runs: (label, run dir, metrics)
-    for opt, recipe in recipes:
-        if recipe.data != data_cfg:
-            data, data_cfg = load_dataset(recipe.data, progress=True), recipe.data
-        m = recipe.model
-        label = (f"{recipe.name}: {m.surrogate} σ, α = {m.alpha:g}, "
-                 + (f"SAST ρ = {recipe.optimizer.rho:g}" if opt == "sast" else "baseline"))
-        run = out / recipe.name / opt
-        print(f"\n== {label} ({recipe.training.epochs} epochs) -> {run}")
-        runs.append((label, run, train(recipe, run, progress=True, data=data)))
-    print(f"\nTransfer gap on {recipe.data.name} (test split, {runs[0][2]['n_test']} samples)\n")
-    print("| recipe and method | surrogate acc % | hard acc % | transfer gap pp | train s |")
-    print("|---|---|---|---|---|")
-    for label, _, m in runs:
-        print(f"| {label} | {m['surrogate_accuracy']:.2f} | {m['hard_accuracy']:.2f} | {m['transfer_gap_pp']:+.2f} | {m['train_seconds']:.0f} |")
+    paper = [(_find_recipe(args.config), list(args.set))] + ([(_find_recipe(args.beside), [])] if args.beside else [])
+    runs = plan_demo(args.out, paper, _find_recipe(args.deploy) if args.deploy else None)
+    metrics = train_demo(runs)
+    print(f"\nTransfer gap on {runs[0].recipe.data.name} (test split, {metrics[0]['n_test']} samples)\n")
+    print(training_markdown(runs, metrics))
     if args.lava_samples == 0:
         return 0
-    from .deploy.compare import compare_markdown, compare_run
+    from .deploy.compare import compare_markdown
 
-    compared = []
-    for label, run, _ in runs:
-        print(f"\n== {label}: export to Loihi 2 fixed point, emulate the test split, run {args.lava_samples} samples on Lava")
-        compared.append((label, compare_run(run, samples=args.lava_samples, progress=True)))
+    compared = deploy_demo(runs, args.lava_samples)
     print("\nDeployment (hard spikes): float PyTorch, quantized emulator, Lava simulator\n")
     print(compare_markdown(compared))
     return 0
@@ -373,11 +352,14 @@ def add_evaluate(sub, o: Shared) -> None:
 
 def add_demo(sub, o: Shared) -> None:
     p = sub.add_parser("demo", parents=[o.set, o.out("output folder", default="runs/demo")],
-                       help="train baseline and SAST on the embedded default and print the paper's table")
+                       help="the paper's effect (baseline and SAST) and the recipe to deploy, on the embedded default: trained, then deployed to Lava")
     p.add_argument("--config", default=DEMO_RECIPE,
                    help=f"recipe (default train/{DEMO_RECIPE}: the regime where SAST's effect is largest); --set applies to it")
     p.add_argument("--beside", default=DEMO_ARCTAN_RECIPE, metavar="RECIPE",
                    help=f"a second recipe trained and shown beside it (default train/{DEMO_ARCTAN_RECIPE}, the arctan regime; '' for none)")
+    p.add_argument("--deploy", default=DEMO_DEPLOY_RECIPE, metavar="RECIPE",
+                   help=f"the recipe to deploy, trained as it stands (default train/{DEMO_DEPLOY_RECIPE}: chosen for deployed "
+                        "validation accuracy; '' for none)")
     p.add_argument("--lava-samples", type=count, default=200, help="test samples run on Lava's simulator (0: skip deployment)")
     p.set_defaults(func=cmd_demo)
 

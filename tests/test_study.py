@@ -127,20 +127,28 @@ def test_bad_study_files_are_named(tmp_path):
         load_study(bad)
 
 
-def test_demo_shows_its_recipe_with_the_arctan_regime_beside_it(tmp_path, small_data, capsys):
+def test_demo_shows_the_papers_effect_and_the_recipe_to_deploy(tmp_path, small_data, capsys):
     (tmp_path / "main.toml").write_text(BASE.replace('name = "tiny"', 'name = "light"').replace(
         "alpha = 1.0", 'alpha = 0.5\nsurrogate = "hardsigmoid"'))
     (tmp_path / "beside.toml").write_text(BASE.replace('name = "tiny"', 'name = "heavy"'))
+    (tmp_path / "deploy.toml").write_text(BASE.replace('name = "tiny"', 'name = "chosen"').replace(
+        "alpha = 1.0", 'alpha = 2.0\nsurrogate = "sigmoid"').replace(
+        "[optimizer]", '[optimizer]\nname = "baseline"'))
     out = tmp_path / "demo"
     assert main(["demo", "--config", str(tmp_path / "main.toml"), "--beside", str(tmp_path / "beside.toml"),
-                 "--lava-samples", "0", "--out", str(out)]) == 0
-    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| light") or line.startswith("| heavy")]
-    assert [r.split("|")[1].strip() for r in rows] == [
+                 "--deploy", str(tmp_path / "deploy.toml"), "--lava-samples", "0", "--out", str(out)]) == 0
+    rows = [line.split("|")[1].strip() for line in capsys.readouterr().out.splitlines()
+            if line.startswith(("| light", "| heavy", "| to deploy"))]
+    assert rows == [
         "light: hardsigmoid σ, α = 0.5, baseline", "light: hardsigmoid σ, α = 0.5, SAST ρ = 0.05",
-        "heavy: arctan σ, α = 1, baseline", "heavy: arctan σ, α = 1, SAST ρ = 0.05"]
+        "heavy: arctan σ, α = 1, baseline", "heavy: arctan σ, α = 1, SAST ρ = 0.05",
+        "to deploy: chosen: sigmoid σ, α = 2, baseline"]  # trained as the file says, not as a pair
     assert all((out / name / opt / "metrics.json").exists() for name in ("light", "heavy") for opt in ("baseline", "sast"))
-    assert main(["demo", "--config", str(tmp_path / "main.toml"), "--beside", "", "--lava-samples", "0", "--out", str(out)]) == 0
-    assert "heavy" not in capsys.readouterr().out
+    assert (out / "chosen" / "baseline" / "metrics.json").exists() and not (out / "chosen" / "sast").exists()
+    assert main(["demo", "--config", str(tmp_path / "main.toml"), "--beside", "", "--deploy", "", "--lava-samples", "0",
+                 "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "heavy" not in printed and "to deploy" not in printed
 
 
 def test_a_run_folder_without_the_studys_fingerprint_is_refused_before_any_work(tmp_path):
