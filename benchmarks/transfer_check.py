@@ -107,6 +107,7 @@ def main(argv=None) -> int:
     ap.add_argument("--set", action="append", default=[], help="override applied to every row")
     ap.add_argument("--train-only", action="store_true", help="train every row, score none")
     ap.add_argument("--score-only", action="store_true", help="score and tabulate the finished runs, train none")
+    ap.add_argument("--shard", default="0/1", help="K/N: train only every N-th run from the K-th (N processes into one --out)")
     ap.add_argument("--quiet", action="store_true")
     args = ap.parse_args(argv)
 
@@ -118,9 +119,10 @@ def main(argv=None) -> int:
         recipes[TUNED[0]] = TUNED[1]
     out, seeds = Path(args.out), [int(s) for s in args.seeds.split(",")]
     if not args.score_only:  # seed by seed across the rows, so that an early stop leaves every row a seed
-        for seed in seeds:
-            for folder_name, recipe, overrides in recipes.values():
-                train_row(recipe, [*overrides, *args.set], seed, out / folder_name / f"seed{seed}", not args.quiet)
+        shard, n_shards = (int(v) for v in args.shard.split("/"))
+        jobs = [(seed, row) for seed in seeds for row in recipes.values()]
+        for seed, (folder_name, recipe, overrides) in jobs[shard::n_shards]:
+            train_row(recipe, [*overrides, *args.set], seed, out / folder_name / f"seed{seed}", not args.quiet)
     rows: Dict[str, List[Dict]] = {label: [] for label in recipes}
     for label, (folder_name, _, _) in recipes.items():
         for seed in seeds:
