@@ -7,7 +7,7 @@ as an N-MNIST tree and read through the real ``nmnist`` path).
 
 Runs go to ``--out`` (default runs/transfer) as ``<recipe>/seed<k>``; finished runs are
 skipped and an interrupted one resumes from its checkpoint, so rerunning continues where it
-stopped. Each run's scores are written beside it (``transfer.json``) and reused. Prints a
+stopped. Each run's scores are written beside it (``transfer.json``, per second source) and reused. Prints a
 markdown table, mean ± std over the seeds: surrogate, hard and emulator (deployed, Loihi 2
 fixed point; equal to Lava bit for bit) accuracy on the embedded test split and on the second
 source, and the transfer gap (embedded emulator − second-source emulator, pp).
@@ -64,22 +64,22 @@ def train_row(recipe: str, overrides: Sequence[str], seed: int, folder: Path, pr
     train(r, folder, progress=progress)
 
 
-def score(folder: Path, second_source: str, progress: bool) -> Dict[str, Dict[str, float]]:
-    """{"embedded": accuracies, "second": accuracies} of a finished run, cached in transfer.json."""
-    cached = folder / "transfer.json"
-    if cached.exists():
-        saved = json.loads(cached.read_text())
-        if saved.get("second_source") == second_source:
-            return saved
+def score(folder: Path, second_source: str, progress: bool) -> Dict[str, object]:
+    """{"embedded": accuracies, "second": accuracies} of a finished run, cached in its
+    transfer.json per second source (a tree's path)."""
+    cached_path = folder / "transfer.json"
+    cached = json.loads(cached_path.read_text()) if cached_path.exists() else {}
+    if second_source in cached:
+        return cached[second_source]
     model, recipe, metrics = load_run(folder)
     _, test = load_dataset(recipe.data, progress=progress)
     embedded = {k: float(metrics[k]) for k in COLUMNS[:2]}
     embedded["emulator_accuracy"] = deployed_accuracy(model, test, folder)
     second = evaluate_run_on(folder, ["data.name=nmnist", f"data.data_dir={second_source}"], progress=progress)
-    result = {"second_source": second_source, "embedded": embedded,
-              "second": {k: float(second[k]) for k in COLUMNS}, "n_second": second["n_samples"]}
-    atomic_write_text(cached, json.dumps(result, indent=2) + "\n")
-    return result
+    cached[second_source] = {"embedded": embedded, "second": {k: float(second[k]) for k in COLUMNS},
+                             "n_embedded": len(test), "n_second": second["n_samples"]}
+    atomic_write_text(cached_path, json.dumps(cached, indent=2) + "\n")
+    return cached[second_source]
 
 
 def mean_std(values: Sequence[float]) -> str:

@@ -119,7 +119,6 @@ def glyph_image(font: str, digit: int, jitter: Jitter, cfg: FontDigitsConfig) ->
     the outline sheared, rotated, scaled and placed per ``jitter``, each pixel's coverage from a
     supersampled grid, the stroke grown or shrunk by ``jitter.stroke_px``."""
     from matplotlib.transforms import Affine2D
-    from scipy import ndimage
 
     n = cfg.image_px * SUPERSAMPLE
     centre = np.array([cfg.image_px / 2 + jitter.shift_px[0], cfg.image_px / 2 + jitter.shift_px[1]]) * SUPERSAMPLE
