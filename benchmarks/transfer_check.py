@@ -44,8 +44,10 @@ RECIPES: Dict[str, Tuple[str, str, Tuple[str, ...]]] = {
     "sigmoid α 2, SAST ρ 0.05": ("sigmoid2-sast0.05", "demo",
                                  ("model.surrogate=sigmoid", "model.alpha=2.0", "optimizer.name=sast", "optimizer.rho=0.05")),
 }
-#: the tuner's recipe (branch tune), trained on the embedded data whatever dataset it names
-TUNED = ("tuned (train/tune-best-nmnist.toml)", ("tuned", "tune-best-nmnist", ("data.name=synthetic-nmnist", 'data.data_dir=""')))
+#: the tuner's recipe (``--tuned``, default train/tune-best-nmnist.toml), trained on the embedded
+#: data whatever dataset it names
+TUNED_LABEL, TUNED_FOLDER = "tuned (tune-best-nmnist.toml)", "tuned"
+TUNED_OVERRIDES = ("data.name=synthetic-nmnist", 'data.data_dir=""')
 COLUMNS = ("surrogate_accuracy", "hard_accuracy", "emulator_accuracy")
 
 
@@ -56,10 +58,15 @@ def same_regime(a: str, b: str) -> List[str]:
             for k in sorted(set(ra[sec]) | set(rb[sec])) if ra[sec].get(k) != rb[sec].get(k) and k != "seed"]
 
 
+def recipe_path(recipe: str) -> Path:
+    """A recipe file, or the name of one in train/."""
+    return Path(recipe) if recipe.endswith(".toml") else ROOT / "train" / f"{recipe}.toml"
+
+
 def train_row(recipe: str, overrides: Sequence[str], seed: int, folder: Path, progress: bool) -> None:
     if (folder / "metrics.json").exists():
         return
-    r = load_recipe(ROOT / "train" / f"{recipe}.toml", [*overrides, f"training.seed={seed}"])
+    r = load_recipe(recipe_path(recipe), [*overrides, f"training.seed={seed}"])
     print(f"training {folder}", file=sys.stderr, flush=True)
     train(r, folder, progress=progress)
 
@@ -107,6 +114,9 @@ def main(argv=None) -> int:
     ap.add_argument("--set", action="append", default=[], help="override applied to every row")
     ap.add_argument("--train-only", action="store_true", help="train every row, score none")
     ap.add_argument("--score-only", action="store_true", help="score and tabulate the finished runs, train none")
+    ap.add_argument("--tuned", default=str(ROOT / "train" / "tune-best-nmnist.toml"),
+                    help="the tuner's recipe, a row when the file exists (default train/tune-best-nmnist.toml)")
+    ap.add_argument("--only", help="train only the rows whose run folder is this (e.g. tuned)")
     ap.add_argument("--shard", default="0/1", help="K/N: train only every N-th run from the K-th (N processes into one --out)")
     ap.add_argument("--quiet", action="store_true")
     args = ap.parse_args(argv)
@@ -115,12 +125,12 @@ def main(argv=None) -> int:
     print(f"train/demo.toml vs train/nmnist.toml (model, optimizer, training): "
           f"{'same regime' if not differ else 'differ in ' + ', '.join(differ)}")
     recipes = dict(RECIPES)
-    if (ROOT / "train" / f"{TUNED[1][1]}.toml").exists():
-        recipes[TUNED[0]] = TUNED[1]
+    if Path(args.tuned).is_file():
+        recipes[TUNED_LABEL] = (TUNED_FOLDER, args.tuned, TUNED_OVERRIDES)
     out, seeds = Path(args.out), [int(s) for s in args.seeds.split(",")]
     if not args.score_only:  # seed by seed across the rows, so that an early stop leaves every row a seed
         shard, n_shards = (int(v) for v in args.shard.split("/"))
-        jobs = [(seed, row) for seed in seeds for row in recipes.values()]
+        jobs = [(seed, row) for seed in seeds for row in recipes.values() if args.only in (None, row[0])]
         for seed, (folder_name, recipe, overrides) in jobs[shard::n_shards]:
             train_row(recipe, [*overrides, *args.set], seed, out / folder_name / f"seed{seed}", not args.quiet)
     rows: Dict[str, List[Dict]] = {label: [] for label in recipes}
