@@ -1,7 +1,7 @@
 """``sast-deploy``: a thin command line over the library's stages.
 
     sast-deploy train --config train/demo.toml [--set key=value ...] --out RUN_DIR
-    sast-deploy evaluate RUN_DIR [--mode surrogate|hard|both]
+    sast-deploy evaluate RUN_DIR [--mode surrogate|hard|both] [--emulator] [--data-set data.KEY=VALUE ...]
     sast-deploy export RUN_DIR --target lava|nir|onnx [--out FILE] [--spec export/loihi2.toml]
     sast-deploy simulate NET.h5 --run RUN_DIR [--samples N] [--out FILE]
     sast-deploy compare RUN_DIR [--samples N]
@@ -31,6 +31,7 @@ from .deploy.export import EXPORT_TARGETS
 from .deploy.quantize import QuantizationError
 from .deploy.simulate import DEFAULT_CONV_COPIES, DEFAULT_COPIES
 from .functional.lif import LOIHI_WEIGHT_BITS
+from .data.tonic_layout import LAYOUTS
 from .signals import terminate_raises
 from .configs import recipe_path
 from .validation import SEED_MAX
@@ -58,15 +59,11 @@ def cmd_train(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    from .data.datasets import load_dataset
-    from .training.evaluate import evaluate
-    from .training.runs import load_run
+    from .analysis.transfer import evaluate_run_on
 
-    model, recipe, _ = load_run(args.run_dir)
-    _, test = load_dataset(recipe.data, progress=not args.quiet)
     modes = ("surrogate", "hard") if args.mode == "both" else (args.mode,)
-    result = evaluate(model, test, modes, recipe.training.eval_batch_size)
-    result["n_samples"] = len(test)
+    result = evaluate_run_on(args.run_dir, args.data_set, modes, emulator=args.emulator, progress=not args.quiet,
+                             spec=_spec(args) if args.emulator else None)
     print(json.dumps(result, indent=2))
     return 0
 
@@ -227,7 +224,7 @@ def cmd_demo(args) -> int:
 
 def cmd_write_dataset(args) -> int:
     from .training.recipe import RecipeError, apply_overrides, recipe_from_dict
-    from .data.tonic_layout import LAYOUTS, write_tonic_tree
+    from .data.tonic_layout import write_tonic_tree
 
     ignored = [item for item in args.set if not item.split("=", 1)[0].strip().startswith("data.")]
     if ignored:  # a dataset has no model or optimizer: such a setting would be accepted and ignored
@@ -344,9 +341,15 @@ def add_train(sub, o: Shared) -> None:
 
 
 def add_evaluate(sub, o: Shared) -> None:
-    p = sub.add_parser("evaluate", parents=[o.quiet], help="accuracy of a trained run on its test split, as JSON")
+    p = sub.add_parser("evaluate", parents=[o.quiet, o.spec],
+                       help="accuracy of a trained run on its test split, or on another dataset's (--data-set), as JSON")
     p.add_argument("run_dir")
     p.add_argument("--mode", choices=("surrogate", "hard", "both"), default="both")
+    p.add_argument("--emulator", action="store_true",
+                   help="also the deployed network's accuracy (Loihi 2 fixed point on the emulator, equal to Lava bit for bit)")
+    p.add_argument("--data-set", action="append", default=[], metavar="KEY=VALUE",
+                   help="score on another dataset's test split, e.g. --data-set data.name=nmnist --data-set data.data_dir=DIR; "
+                        "it must have the run's classes and input shape; its frames are made as the run's")
     p.set_defaults(func=cmd_evaluate)
 
 
@@ -440,7 +443,7 @@ def add_write_dataset(sub, o: Shared) -> None:
     p = sub.add_parser("write-dataset", parents=[o.quiet, o.out("root folder; train on it with --config nmnist (or dvsgesture) "
                                                                 "--set data.data_dir=OUT", required=True)],
                        help="write a generated dataset as a real one's files in tonic's layout (N-MNIST .bin, DVS Gesture .npy)")
-    p.add_argument("dataset", choices=("synthetic-nmnist", "synthetic-gesture"))
+    p.add_argument("dataset", choices=tuple(LAYOUTS))
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="a [data] field of the generated set, e.g. data.synthetic.max_sources=200 or data.max_train=1000")
     p.add_argument("--train", type=int, default=0,

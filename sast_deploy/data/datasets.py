@@ -4,6 +4,8 @@ Datasets (one :class:`DatasetSpec` each in :data:`DATASETS`):
   ``synthetic-nmnist``  embedded default, generated offline (see :mod:`sast_deploy.data.synthetic`)
   ``synthetic-gesture`` embedded DVS-Gesture-like default, 11 classes on 32x32
                         (see :mod:`sast_deploy.data.synthetic_gesture`)
+  ``fontdigits-nmnist`` a second N-MNIST-like source, typeset digits through the same camera,
+                        for transfer checks (see :mod:`sast_deploy.data.fontdigits`)
   ``nmnist``            real N-MNIST in tonic's layout (``tonic.datasets.NMNIST``)
   ``dvsgesture``        real DVS128 Gesture in tonic's layout (``tonic.datasets.DVSGesture``)
 
@@ -35,6 +37,7 @@ from ..errors import SastDeployError
 from ..fileio import atomic_directory, atomic_save_npz
 from .frames import FRAME_CACHE_FORMAT, FrameDataset, decoded_rows, default_workers, read_split, write_meta, write_split
 from .synthetic import EventSplit, SyntheticNMNISTConfig, generate_synthetic_nmnist
+from .fontdigits import FontDigitsConfig, generate_fontdigits
 from .synthetic_gesture import SyntheticGestureConfig, generate_synthetic_gesture
 from ..validation import Count, Seed, Size0, check_ranges, file_data, ranged, validated
 
@@ -64,6 +67,7 @@ class DatasetSpec:
 DATASETS: Dict[str, DatasetSpec] = {spec.name: spec for spec in (
     DatasetSpec("synthetic-nmnist", 10, (34, 34, 2), generator=(SyntheticNMNISTConfig, generate_synthetic_nmnist)),
     DatasetSpec("synthetic-gesture", 11, (32, 32, 2), generator=(SyntheticGestureConfig, generate_synthetic_gesture)),
+    DatasetSpec("fontdigits-nmnist", 10, (34, 34, 2), generator=(FontDigitsConfig, generate_fontdigits)),
     DatasetSpec("nmnist", 10, (34, 34, 2), tonic_class="NMNIST", file_suffix=".bin"),
     DatasetSpec("dvsgesture", 11, (128, 128, 2), tonic_class="DVSGesture", file_suffix=".npy"),
 )}
@@ -102,7 +106,7 @@ class DataConfig:
     subset_seed: Seed = 0  # seed of the max_train / max_test subsets and of the validation split
     val_fraction: ValFraction = 0.1  # of the training recordings (by source), held out for validation; 0 = none
     workers: Workers = 0  # processes that decode events to frames; 0 = one per CPU
-    synthetic: Dict[str, object] = field(default_factory=dict)  # generator overrides (SyntheticNMNISTConfig, SyntheticGestureConfig)
+    synthetic: Dict[str, object] = field(default_factory=dict)  # generator overrides (SyntheticNMNISTConfig, SyntheticGestureConfig, FontDigitsConfig)
 
     def __post_init__(self):
         if self.name not in DATASETS:

@@ -61,19 +61,14 @@ def config_cache_key(config, version: int) -> str:
 
 @file_data
 @dataclass(frozen=True)
-class SyntheticNMNISTConfig:
-    """Parameters of the synthetic N-MNIST generator. Times in microseconds (us) or ms as named.
-
-    The cache key is derived from all fields, so any change regenerates the data.
+class SaccadeCamera:
+    """The N-MNIST recording setup: an ATIS camera making three saccades in front of a monitor
+    that shows a white digit on black. Calibrated against the genuine recording; shared by every
+    N-MNIST-like generator, so their recordings differ only in the digit images. Lengths in
+    pixels (px), times in microseconds (us) or ms as named, intensities relative to white = 1.
     """
 
-    seed: Seed = 0
-    train_variants: Count = 3  # jittered recordings per training source image
-    test_variants: Count = 2  # recordings per test source image
-    test_fraction: ranged(float, gt=0, lt=1) = 0.2  # fraction of source images held out (split by source image)
-    max_sources: Size0 = 0  # 0 = all 1797 load_digits images; tests use a few
     sensor_px: ranged(int, ge=1, le=34) = 34  # at most the 34x34 of N-MNIST's frames
-    digit_size_px: Length = 28.0
     optics_blur_px: ranged(float, ge=0, le=256) = 0.7
     saccade_ms: ranged(float, gt=0, le=1000) = 105.0
     render_step_us: RenderStep = 1000
@@ -84,6 +79,23 @@ class SyntheticNMNISTConfig:
     jitter_us: NonNegative = 500.0  # timestamp jitter (std)
     noise_rate_hz: NoiseRate = 1.2  # background events per pixel and polarity
     variant_shift_px: ranged(float, ge=0, le=256) = 1.0  # std of the random placement of a variant
+
+
+@file_data
+@dataclass(frozen=True)
+class SyntheticNMNISTConfig(SaccadeCamera):
+    """Parameters of the synthetic N-MNIST generator: the camera (:class:`SaccadeCamera`) and
+    the load_digits images it records. Times in microseconds (us) or ms as named.
+
+    The cache key is derived from all fields, so any change regenerates the data.
+    """
+
+    seed: Seed = 0
+    train_variants: Count = 3  # jittered recordings per training source image
+    test_variants: Count = 2  # recordings per test source image
+    test_fraction: ranged(float, gt=0, lt=1) = 0.2  # fraction of source images held out (split by source image)
+    max_sources: Size0 = 0  # 0 = all 1797 load_digits images; tests use a few
+    digit_size_px: Length = 28.0
     variant_scale: Fraction = 0.06  # std of the relative size of a variant
 
     def __post_init__(self):
@@ -116,9 +128,16 @@ def _digit_image(image8: np.ndarray, size_px: float, blur_px: float) -> np.ndarr
 
     side = max(8, int(round(size_px)))
     img = ndimage.zoom(image8.astype(np.float64) / 16.0, side / 8.0, order=3)
+    return optics(img, blur_px)
+
+
+def optics(ink: np.ndarray, blur_px: float) -> np.ndarray:
+    """The camera optics' blur (Gaussian, std ``blur_px`` pixels) of an ink image, clipped to [0, 1]."""
+    from scipy import ndimage
+
     if blur_px > 0:
-        img = ndimage.gaussian_filter(img, blur_px)
-    return np.clip(img, 0.0, 1.0)
+        ink = ndimage.gaussian_filter(ink, blur_px)
+    return np.clip(ink, 0.0, 1.0)
 
 
 def _render(ink: np.ndarray, offsets: np.ndarray, origin: np.ndarray, sensor_px: int) -> np.ndarray:
@@ -158,21 +177,28 @@ def generate_recording(image8: np.ndarray, rng: np.random.Generator, cfg: Synthe
     ``jitter`` randomises the variant's size and placement (the source image is the same).
     """
     size = cfg.digit_size_px * (1.0 + (cfg.variant_scale * rng.standard_normal() if jitter else 0.0))
-    ink = _digit_image(image8, size, cfg.optics_blur_px)
+    return saccade_recording(_digit_image(image8, size, cfg.optics_blur_px), rng, cfg, shift=jitter)
+
+
+def saccade_recording(ink: np.ndarray, rng: np.random.Generator, camera: SaccadeCamera, shift: bool) -> np.ndarray:
+    """The N-MNIST recording of an ink image [H, W] in [0, 1] (1 = white, already through
+    :func:`optics`) centred on the monitor: the camera's three saccades seen through the
+    DVS/ATIS pixel model; events sorted by t (us). ``shift`` places it off centre by
+    ``camera.variant_shift_px`` (std, pixels)."""
     h, w = ink.shape
     path = np.asarray(SACCADE_PATH_PX)
     span = path.max(axis=0) - path.min(axis=0)
-    origin = (cfg.sensor_px - np.array([w, h]) - span) / 2.0
-    if jitter:
-        origin = origin + cfg.variant_shift_px * rng.standard_normal(2)
+    origin = (camera.sensor_px - np.array([w, h]) - span) / 2.0
+    if shift:
+        origin = origin + camera.variant_shift_px * rng.standard_normal(2)
 
-    duration_us = int(round(3 * cfg.saccade_ms * 1000.0))
-    step = cfg.render_step_us
+    duration_us = int(round(3 * camera.saccade_ms * 1000.0))
+    step = camera.render_step_us
     frame_t = np.arange(0, duration_us + step, step, dtype=np.float64)
-    frames = _render(ink, saccade_offsets(frame_t, cfg.saccade_ms), origin, cfg.sensor_px)
-    log_i = np.log(cfg.background_intensity + frames)  # [F, S, S]
+    frames = _render(ink, saccade_offsets(frame_t, camera.saccade_ms), origin, camera.sensor_px)
+    log_i = np.log(camera.background_intensity + frames)  # [F, S, S]
 
-    return dvs_pixel_events(log_i, frame_t, duration_us, rng, DVSPixel.of(cfg))
+    return dvs_pixel_events(log_i, frame_t, duration_us, rng, DVSPixel.of(camera))
 
 
 @dataclass(frozen=True)

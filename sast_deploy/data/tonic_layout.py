@@ -56,7 +56,7 @@ def encode_dvsgesture(events: np.ndarray, scale: int = 1) -> np.ndarray:
 
 
 def write_nmnist(split_folder: Path, file_no: int, of_class: int, events: np.ndarray, label: int, scale: int) -> None:
-    assert scale == 1, "synthetic-nmnist has N-MNIST's 34x34 sensor"
+    assert scale == 1, "the N-MNIST-like generators have N-MNIST's 34x34 sensor"
     folder = split_folder / str(label)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / f"{file_no:05d}.bin").write_bytes(encode_nmnist(events))
@@ -93,6 +93,7 @@ class Layout:
 #: generated dataset -> the layout of the real dataset it imitates
 LAYOUTS = {
     "synthetic-nmnist": Layout("nmnist", "NMNIST", {"train": "Train", "test": "Test"}, write_nmnist),
+    "fontdigits-nmnist": Layout("nmnist", "NMNIST", {"train": "Train", "test": "Test"}, write_nmnist),
     "synthetic-gesture": Layout("dvsgesture", "DVSGesture", {"train": "ibmGestureTrain", "test": "ibmGestureTest"}, write_dvsgesture),
 }
 
