@@ -38,7 +38,7 @@ from .validation import SEED_MAX
 
 DEMO_RECIPE = "demo.toml"
 DEMO_ARCTAN_RECIPE = "demo-arctan.toml"
-DEMO_DEPLOY_RECIPE = "deploy.toml"
+DEMO_DEPLOY_RECIPE = "deploy-nmnist.toml"
 
 
 def _find_recipe(name: str) -> Path:

@@ -3,7 +3,7 @@
 * the paper's effect: baseline and SAST in the regime where SAST's effect on the transfer gap
   is largest (``train/demo.toml``), and beside it the arctan regime of the first study
   (``train/demo-arctan.toml``);
-* the recipe to deploy: ``train/deploy.toml``, chosen for the validation accuracy of the
+* the recipe to deploy: ``train/deploy-nmnist.toml``, chosen for the validation accuracy of the
   deployed network (``sast-deploy tune``, then a 3-seed check; README, "Choosing a recipe"),
   trained as it stands.
 
