@@ -269,6 +269,17 @@ def int_in(lo: int, hi: int):
     return parse
 
 
+def count(text: str) -> int:
+    """An argparse type: a whole number >= 0 (a negative count is an error, not 'all')."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0 (0 = all), got {value}")
+    return value
+
+
 def fraction(text: str) -> float:
     """An argparse type: a number in (0, 1] (nan and inf are not)."""
     try:
@@ -290,17 +301,6 @@ def weight_bits_list(text: str) -> tuple:
 
 
 # --- the parser: shared options as parent parsers, then one function per command -------------
-
-
-def count(text: str) -> int:
-    """An argparse type: a whole number >= 0 (a negative count is an error, not 'all')."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0 (0 = all), got {value}")
-    return value
 
 
 def _option(*names: str, **kwargs) -> argparse.ArgumentParser:

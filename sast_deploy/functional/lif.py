@@ -185,10 +185,9 @@ LOIHI_ACT_SHIFT = 6  # synaptic input and threshold are MSB-aligned by 6 bits
 LOIHI_STATE_BITS = 24  # u and v are signed 24-bit
 LOIHI_VTH_BITS = 17  # unsigned threshold mantissa: vth <= (1 << 17) - 1
 LOIHI_WEIGHT_BITS = 8  # signed weight mantissa
-# lava.proc.conv's PyConvModel holds a conv's ``groups`` in an int8 Var: beyond 127 it wraps
+# (lava.proc.conv's PyConvModel holds a conv's ``groups`` in an int8 Var: beyond 127 it wraps
 # and the layer goes silent. K copies of a layer in one graph have K times its groups, which
-# is why they run on sast_deploy.deploy.lava.models.PyEventConvModel (int32 groups).
-LAVA_MAX_CONV_GROUPS = 127
+# is why they run on sast_deploy.deploy.lava.models.PyEventConvModel, with int32 groups.)
 # every integer of magnitude up to these is a float32 (24-bit significand), a float64 (53-bit)
 FLOAT_EXACT_INTEGERS = {"float32": 1 << 24, "float64": 1 << 53}
 
