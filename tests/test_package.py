@@ -142,3 +142,14 @@ def test_readme_python_example_runs(tmp_path, monkeypatch, small_data, capsys):
     assert 0 <= lava_accuracy <= 100 and agreement == 1.0
     for name in ("model.pt", "metrics.json", "net.h5", "compare.json", "compare.md"):
         assert (tmp_path / "runs" / "py" / name).is_file(), name
+
+
+def test_a_folder_named_like_a_recipe_does_not_hide_it(tmp_path, monkeypatch):
+    # `tune tune-gesture --out tune-gesture`, rerun from the same folder, found the output folder
+    from sast_deploy.configs import packaged, recipe_path
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "demo").mkdir()
+    assert recipe_path("demo") == packaged("train") / "demo.toml"
+    (tmp_path / "mine.toml").write_text("x = 1\n")
+    assert recipe_path("mine.toml") == Path("mine.toml")  # a file in the working directory is read as it is

@@ -26,10 +26,12 @@ def packaged(folder: str) -> Path:
 
 
 def recipe_path(name: str | Path) -> Path:
-    """A recipe (or study) file: ``name`` itself if it exists or names a folder, else the
-    packaged recipe of that name (``"demo"`` or ``"demo.toml"``: ``train/demo.toml``)."""
+    """A recipe (or study) file: ``name`` itself if it is a file or names a folder, else the
+    packaged recipe of that name (``"demo"`` or ``"demo.toml"``: ``train/demo.toml``). A
+    directory of that name in the working directory (a run's ``--out``, say) does not hide
+    the packaged recipe."""
     p = Path(name)
-    if p.exists() or p.parent != Path("."):
+    if p.is_file() or p.parent != Path("."):
         return p
     return packaged("train") / (p.name if p.suffix == ".toml" else f"{p.name}.toml")
 
