@@ -117,7 +117,7 @@ class SpikingLayer(torch.nn.Module):
     def currents(self, spikes: torch.Tensor) -> torch.Tensor:
         """Synaptic currents for all time steps at once ([T, B, ...] -> [T, B, ...])."""
         t, b = spikes.shape[:2]
-        if self.kind == "dense":
+        if isinstance(self.synapse, torch.nn.Linear):  # takes feature vectors: (C, H, W) maps are flattened
             return self.synapse(spikes.reshape(t, b, -1))
         out = self.synapse(spikes.reshape(t * b, *spikes.shape[2:]))
         return out.reshape(t, b, *out.shape[1:])
