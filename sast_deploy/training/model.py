@@ -106,7 +106,8 @@ class SumPool2d(torch.nn.Module):
 
 
 class SpikingLayer(torch.nn.Module):
-    """synapse (time-distributed) -> LIF. ``kind`` is 'dense', 'conv' or 'pool'."""
+    """synapse (time-distributed) -> LIF. ``kind`` is 'dense', 'conv' or 'pool': how the layer
+    is deployed (a key of :data:`sast_deploy.deploy.layers.LAYER_KINDS`)."""
 
     def __init__(self, kind: str, synapse: torch.nn.Module, lif: LIF):
         super().__init__()
