@@ -23,6 +23,7 @@ import torch
 from ..data.datasets import FrameDataset, class_counts, load_dataset, stratified_subset
 from .emulator import Emulation, emulate
 from .export import precision_suffix, write_run_netx
+from .layers import layer_kind
 from ..fileio import atomic_write_text
 from ..lock import run_lock
 from ..training.model import SpikingNet, predict
@@ -45,7 +46,7 @@ def check_input(qnet: QuantizedNet, data: FrameDataset, net_path: Path, n_classe
             f"{net_path}: the network takes {n_net} inputs per time step (layer 1 input shape "
             f"{qnet.layers[0].in_shape}), the dataset provides {n_data} ({data.input_shape})"
         )
-    if qnet.layers[0].kind != "dense" and tuple(qnet.layers[0].in_shape) != tuple(data.input_shape):
+    if layer_kind(qnet.layers[0].kind).is_spatial and tuple(qnet.layers[0].in_shape) != tuple(data.input_shape):
         raise RunError(f"{net_path}: the network's first layer takes frames of shape {tuple(qnet.layers[0].in_shape)}, "
                        f"the dataset's are {tuple(data.input_shape)} (polarity, height, width)")
     if n_classes is not None and qnet.n_classes != n_classes:

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from ..functional.lif import LOIHI_STATE_BITS, exact_float, lif_step_fixed_point
+from .layers import layer_kind
 from .netx_weights import netx_dense_weights
 from .quantize import QuantizationError, QuantizedLayer, QuantizedNet
 
@@ -142,7 +143,7 @@ class FixedPointNet:
 
     def __init__(self, qnet: QuantizedNet):
         self.qnet = qnet
-        self._synapses = [(_DenseSynapse if q.kind == "dense" else _ConvSynapse)(q, f"layer {i} ({q.kind})")
+        self._synapses = [layer_kind(q.kind, f"layer {i}").synapse(q, f"layer {i} ({q.kind})")
                           for i, q in enumerate(qnet.layers)]
 
     @torch.no_grad()
@@ -170,11 +171,7 @@ class FixedPointNet:
 def fan_out(q: QuantizedLayer) -> torch.Tensor:
     """Synapses leaving each input neuron of a layer (its input shape): n_out for dense; for
     conv, the output positions and channels each input pixel reaches (borders reach fewer)."""
-    if q.kind == "dense":
-        return torch.full(q.in_shape, float(q.weight.shape[0]), dtype=torch.float64)
-    x = torch.ones((1, *q.in_shape), dtype=torch.float64, requires_grad=True)
-    F.conv2d(x, torch.ones(q.weight.shape, dtype=torch.float64), stride=q.stride, padding=q.padding, groups=q.groups).sum().backward()
-    return x.grad[0]
+    return layer_kind(q.kind).fan_out(q)
 
 
 @dataclass

@@ -12,7 +12,9 @@ Layout written (netx 0.6.0's reader, ``lava/lib/dl/netx/hdf5.py``)::
              neuron/{type=CUBA, iDecay, vDecay, vThMant, refDelay, gradedSpike}
 
 The sum-pool layer is written as a depthwise conv (netx has no pool layer). Every layer
-has a neuron group: netx gives a dense layer without one a threshold it never reaches.
+has a neuron group: netx gives a dense layer without one a threshold it never reaches. Each
+layer kind (:mod:`sast_deploy.deploy.layers`) writes and reads the fields of its type; the
+attribute ``sast_kind`` names it. Single fields are read by :mod:`sast_deploy.deploy.netx_fields`.
 """
 
 from __future__ import annotations
@@ -25,10 +27,12 @@ from typing import Dict, List, Optional, Tuple
 import h5py
 import numpy as np
 
-from ..errors import SastDeployError
 from ..fileio import atomic_write_bytes, atomic_write_text
 from ..functional.lif import LOIHI_DECAY_UNITY
-from .quantize import Loihi2Spec, QuantizationError, QuantizedLayer, QuantizedNet, conv_out_shape, load_spec, quantize
+from . import netx_fields as fields
+from .layers import LayerKind, layer_kind, netx_readers
+from .netx_fields import MAX_DEPTH, MAX_OBJECTS, MAX_WEIGHTS, NetxFormatError
+from .quantize import Loihi2Spec, QuantizationError, QuantizedLayer, QuantizedNet, load_spec, quantize
 
 FORMAT_TAG = "sast-deploy netx v1"
 
@@ -81,10 +85,6 @@ def write_run_netx(qnet: QuantizedNet, run_dir: str | Path, out: str | Path, met
 # --- writing ------------------------------------------------------------------------------
 
 
-def _string(group: h5py.Group, key: str, value: str) -> None:
-    group.create_dataset(key, (1,), "S10", [value.encode()])
-
-
 def write_netx(qnet: QuantizedNet, path: str | Path, metadata: Dict[str, object] | None = None) -> Path:
     """Write ``qnet`` to ``path`` atomically; returns the path. The target spec and each layer's
     quantization statistics travel along (metadata, attributes), so :func:`read_netx` returns
@@ -96,37 +96,38 @@ def write_netx(qnet: QuantizedNet, path: str | Path, metadata: Dict[str, object]
         with h5py.File(tmp, "w") as f:
             f.attrs["format"] = FORMAT_TAG
             f.attrs["metadata"] = json.dumps(meta)
-            layers = f.create_group("layer")
-            g = layers.create_group("0")
-            _string(g, "type", "input")
-            g.create_dataset("shape", data=np.asarray(qnet.input_shape if qnet.layers[0].kind != "dense" else qnet.layers[0].in_shape))
-            index, prev_kind = 1, "input"
-            for q in qnet.layers:
-                if q.kind == "dense" and prev_kind in ("conv", "pool"):
-                    _string(layers.create_group(str(index)), "type", "flatten")
-                    index += 1
-                _write_layer(layers.create_group(str(index)), q)
-                index, prev_kind = index + 1, q.kind
+            _write_layers(f.create_group("layer"), qnet)
 
     atomic_write_bytes(path, write)
     return path
 
 
-def _write_layer(g: h5py.Group, q: QuantizedLayer) -> None:
-    _string(g, "type", "dense" if q.kind == "dense" else "conv")
+def _write_layers(groups: h5py.Group, qnet: QuantizedNet) -> None:
+    """layer/0, the input, in the form the first layer takes ((C, H, W) or (N,)), then a group
+    per layer, with a flatten group where a (C, H, W) map meets a layer that takes a vector."""
+    first = layer_kind(qnet.layers[0].kind)
+    g = groups.create_group("0")
+    fields.write_string(g, "type", "input")
+    g.create_dataset("shape", data=np.asarray(qnet.input_shape if first.is_spatial else qnet.layers[0].in_shape))
+    index, spatial = 1, first.is_spatial
+    for q in qnet.layers:
+        kind = layer_kind(q.kind)
+        if spatial and not kind.is_spatial:
+            fields.write_string(groups.create_group(str(index)), "type", "flatten")
+            index += 1
+        _write_layer(groups.create_group(str(index)), kind, q)
+        index, spatial = index + 1, kind.is_spatial
+
+
+def _write_layer(g: h5py.Group, kind: LayerKind, q: QuantizedLayer) -> None:
+    """One layer group: what every kind has (type, shape, weight, statistics, neuron) and its kind's fields."""
+    fields.write_string(g, "type", kind.netx_type)
     g.create_dataset("shape", data=np.asarray(q.out_shape))
     g.create_dataset("weight", data=q.weight.astype(np.int64))
     g.attrs.update(sast_kind=q.kind, scale=q.scale, n_clipped=q.n_clipped, mean_abs_error=q.mean_abs_error)
-    if q.kind == "dense":
-        g.create_dataset("inFeatures", data=q.weight.shape[1])
-        g.create_dataset("outFeatures", data=q.weight.shape[0])
-    else:
-        g.create_dataset("stride", data=np.asarray(q.stride))
-        g.create_dataset("padding", data=np.asarray(q.padding))
-        g.create_dataset("dilation", data=np.asarray([1, 1]))
-        g.create_dataset("groups", data=q.groups)
+    kind.write_netx(g, q)
     n = g.create_group("neuron")
-    _string(n, "type", "CUBA")
+    fields.write_string(n, "type", "CUBA")
     n.create_dataset("iDecay", data=q.i_decay)
     n.create_dataset("vDecay", data=q.v_decay)
     n.create_dataset("vThMant", data=q.vth_mant)
@@ -135,21 +136,6 @@ def _write_layer(g: h5py.Group, q: QuantizedLayer) -> None:
 
 
 # --- reading ------------------------------------------------------------------------------
-
-
-class NetxFormatError(SastDeployError, ValueError):
-    """An HDF5 network is missing a field or holds a malformed one; names file and field."""
-
-
-#: Limits on what a netx file may declare, checked before anything is read: a file from
-#: elsewhere is data, and a tiny file can declare a chunked 10^6 x 10^6 dataset.
-MAX_WEIGHTS = 2**27  # elements of one weight dataset (1 GiB as int64; Loihi 2 cores hold far fewer)
-MAX_FIELD_ELEMENTS = 16  # every other dataset: a shape, a stride, a scalar
-MAX_DEPTH = 4  # /layer/<i>/neuron/<field>
-MAX_OBJECTS = 100_000  # groups and datasets in the file
-MAX_METADATA_BYTES = 1 << 20
-#: dtype kinds a field may have: integers, floats, booleans, fixed-length byte strings
-FIELD_KINDS = "iufbS"
 
 
 def _check_links(f: h5py.File, path: Path) -> None:
@@ -174,72 +160,11 @@ def _check_links(f: h5py.File, path: Path) -> None:
                 pending.append((obj, depth + 1))
 
 
-def _dataset(group: h5py.Group, key: str, path: Path, max_elements: int = MAX_FIELD_ELEMENTS) -> h5py.Dataset:
-    """The dataset ``group/key``, its declared size and dtype checked (nothing read yet)."""
-    if key not in group:
-        raise NetxFormatError(f"{path}: missing field {group.name}/{key}")
-    ds = group[key]
-    if not isinstance(ds, h5py.Dataset):
-        raise NetxFormatError(f"{path}: field {group.name}/{key} must be a dataset, not a group")
-    if ds.shape is None or ds.size > max_elements:
-        raise NetxFormatError(f"{path}: field {group.name}/{key} declares shape {ds.shape}; at most {max_elements} values")
-    if ds.dtype.kind not in FIELD_KINDS and h5py.check_string_dtype(ds.dtype) is None:
-        raise NetxFormatError(f"{path}: field {group.name}/{key} has dtype {ds.dtype}; numbers or a string expected")
-    return ds
-
-
-def _field(group: h5py.Group, key: str, path: Path, max_elements: int = MAX_FIELD_ELEMENTS):
-    return _dataset(group, key, path, max_elements)[()]
-
-
-def _group(parent: h5py.Group, key: str, path: Path) -> h5py.Group:
-    if key not in parent:
-        raise NetxFormatError(f"{path}: missing group {parent.name.rstrip('/')}/{key}")
-    if not isinstance(parent[key], h5py.Group):
-        raise NetxFormatError(f"{path}: {parent.name.rstrip('/')}/{key} must be a group, not a dataset")
-    return parent[key]
-
-
-def _read_string(group: h5py.Group, key: str, path: Path) -> str:
-    """A string field as write_netx stores it (one fixed-length byte string)."""
-    value = np.asarray(_field(group, key, path))
-    if value.dtype.kind not in "SO" or value.size != 1 or not isinstance(value.reshape(-1)[0], (bytes, str)):
-        raise NetxFormatError(f"{path}: field {group.name}/{key} must be a string, got {value.dtype} {value.tolist()!r}"[:300])
-    text = value.reshape(-1)[0]
-    return text.decode(errors="replace") if isinstance(text, bytes) else text
-
-
-def _int_scalar(group: h5py.Group, key: str, path: Path) -> int:
-    value = _int_array(group, key, path)
-    if value.size != 1:
-        raise NetxFormatError(f"{path}: field {group.name}/{key} must be one integer, got shape {value.shape}")
-    return int(value.reshape(-1)[0])
-
-
-def _int_array(group: h5py.Group, key: str, path: Path, max_elements: int = MAX_FIELD_ELEMENTS) -> np.ndarray:
-    value = np.asarray(_field(group, key, path, max_elements))
-    if value.dtype.kind not in "iu":
-        if value.dtype.kind == "f" and np.all(np.isfinite(value)) and np.all(value == np.round(value)):
-            return value.astype(np.int64)
-        raise NetxFormatError(
-            f"{path}: field {group.name}/{key} must hold integers (netx casts with .astype(int), "
-            f"which would silently truncate), got dtype {value.dtype}"
-        )
-    return value.astype(np.int64)
-
-
-def _pair(group: h5py.Group, key: str, path: Path) -> Tuple[int, int]:
-    value = _int_array(group, key, path)
-    if value.size not in (1, 2):
-        raise NetxFormatError(f"{path}: field {group.name}/{key} must hold 1 or 2 integers, got shape {value.shape}")
-    return tuple(int(s) for s in np.broadcast_to(value.reshape(-1), (2,)))
-
-
 def _metadata(f: h5py.File, shape: Tuple[int, ...], path: Path) -> Tuple[Tuple[int, ...], Optional[Loihi2Spec]]:
     """The (C, H, W) input shape from the file's metadata (else /layer/0/shape), and the target
     spec the file was written for (None when the file does not record one)."""
     try:
-        meta = json.loads(_attribute(f, "metadata", "{}", path))
+        meta = json.loads(fields.attribute(f, "metadata", "{}", path))
         value = tuple(meta.get("input_shape", shape)) if isinstance(meta, dict) else None
     except (TypeError, ValueError):
         value = None
@@ -267,7 +192,7 @@ def read_netx(path: str | Path, spec: Optional[Loihi2Spec] = None) -> QuantizedN
         raise NetxFormatError(f"{path}: not an HDF5 file ({exc})") from exc
     with f:
         _check_links(f, path)
-        groups = _group(f, "layer", path)
+        groups = fields.subgroup(f, "layer", path)
         shape = _input_layer_shape(groups, path)
         input_shape, recorded = _metadata(f, shape, path)
         spec = spec or recorded or Loihi2Spec()
@@ -287,85 +212,44 @@ def _layer_keys(groups: h5py.Group, path: Path) -> List[str]:
 
 
 def _input_layer_shape(groups: h5py.Group, path: Path) -> Tuple[int, ...]:
-    first = _group(groups, _layer_keys(groups, path)[0], path)
-    if _read_string(first, "type", path) != "input":
+    first = fields.subgroup(groups, _layer_keys(groups, path)[0], path)
+    if fields.read_string(first, "type", path) != "input":
         raise NetxFormatError(f"{path}: /layer/0/type must be 'input'")
-    shape = tuple(int(s) for s in _int_array(first, "shape", path))
+    shape = tuple(int(s) for s in fields.int_array(first, "shape", path))
     if not shape or min(shape) < 1:
         raise NetxFormatError(f"{path}: /layer/0/shape must hold positive sizes, got {shape}")
     return shape
 
 
 def _read_layers(groups: h5py.Group, shape: Tuple[int, ...], spec: Loihi2Spec, path: Path) -> List[QuantizedLayer]:
-    """The dense and conv layers after the input layer; ``shape`` is each one's input shape."""
+    """The layers after the input layer, each read by the kind of its netx type; ``shape`` is
+    each one's input shape."""
     layers = []
     for k in _layer_keys(groups, path)[1:]:
-        g = _group(groups, k, path)
-        kind = _read_string(g, "type", path)
-        if kind == "flatten":
+        g = fields.subgroup(groups, k, path)
+        netx_type = fields.read_string(g, "type", path)
+        if netx_type == "flatten":
             shape = (int(np.prod(shape)),)
             continue
-        if kind not in ("dense", "conv"):
-            raise NetxFormatError(f"{path}: {g.name}/type {kind!r} is not supported (dense, conv, flatten)")
-        layers.append(_read_layer(g, kind, shape, spec, path))
+        readers = netx_readers()
+        if netx_type not in readers:
+            raise NetxFormatError(f"{path}: {g.name}/type {netx_type!r} is not supported ({', '.join([*readers, 'flatten'])})")
+        layers.append(_read_layer(g, readers[netx_type], shape, spec, path))
         shape = layers[-1].out_shape
     if not layers:
-        raise NetxFormatError(f"{path}: no dense or conv layer")
+        raise NetxFormatError(f"{path}: no {' or '.join(netx_readers())} layer")
     return layers
 
 
-def _read_layer(g: h5py.Group, kind: str, shape: Tuple[int, ...], spec: Loihi2Spec, path: Path) -> QuantizedLayer:
-    out_shape = tuple(int(s) for s in _int_array(g, "shape", path))
+def _read_layer(g: h5py.Group, reader: LayerKind, shape: Tuple[int, ...], spec: Loihi2Spec, path: Path) -> QuantizedLayer:
+    """One layer group: its kind's geometry (checked before the weight is read), then the
+    weight, the neuron group and the quantization statistics every kind has."""
+    out_shape = tuple(int(s) for s in fields.int_array(g, "shape", path))
     if not out_shape or min(out_shape) < 1:
         raise NetxFormatError(f"{path}: {g.name}/shape must hold positive sizes, got {out_shape}")
-    return (_read_dense if kind == "dense" else _read_conv)(g, shape, out_shape, spec, path)
-
-
-def _read_conv(g: h5py.Group, shape: Tuple[int, ...], out_shape: Tuple[int, ...], spec: Loihi2Spec, path: Path) -> QuantizedLayer:
-    """A conv (or pool) layer; its weight's declared shape is checked against the input and
-    ``out_shape`` before the weight is read."""
-    stride, padding = (_pair(g, key, path) for key in ("stride", "padding"))
-    groups = _int_scalar(g, "groups", path)
-    if min(stride) < 1 or min(padding) < 0 or groups < 1 or len(shape) != 3 or shape[0] % groups:
-        raise NetxFormatError(f"{path}: {g.name}: stride {stride}, padding {padding} or groups {groups} "
-                              f"do not fit an input of shape {shape}")
-    declared = _dataset(g, "weight", path, MAX_WEIGHTS).shape
-    if len(declared) != 4 or declared[1] * groups != shape[0] or min(declared[2:]) < 1:
-        raise NetxFormatError(f"{path}: {g.name}/weight has shape {declared}, expected [out, {shape[0] // groups}, kH, kW]")
-    expected = conv_out_shape(shape, declared[0], declared[2:], stride, padding)
-    if out_shape != expected or min(expected) < 1:
-        raise NetxFormatError(f"{path}: {g.name}/shape is {out_shape}; its weight, stride and padding give {expected}")
-    sast_kind = _attribute(g, "sast_kind", "conv", path)
-    if sast_kind not in ("conv", "pool"):
-        raise NetxFormatError(f"{path}: {g.name} attribute sast_kind must be conv or pool, got {sast_kind!r}")
-    return QuantizedLayer(sast_kind, _read_weight(g, spec, path), *_read_neuron(g, spec, path), in_shape=tuple(shape),
-                          out_shape=out_shape, stride=stride, padding=padding, groups=groups, **_layer_stats(g, path))
-
-
-def _read_dense(g: h5py.Group, shape: Tuple[int, ...], out_shape: Tuple[int, ...], spec: Loihi2Spec, path: Path) -> QuantizedLayer:
-    n_in = int(np.prod(shape))
-    declared = _dataset(g, "weight", path, MAX_WEIGHTS).shape
-    if len(out_shape) != 1 or declared != (out_shape[0], n_in):
-        raise NetxFormatError(f"{path}: {g.name}/weight has shape {declared}, expected {(out_shape[0], n_in)} "
-                              f"for /shape {out_shape}")
-    return QuantizedLayer("dense", _read_weight(g, spec, path), *_read_neuron(g, spec, path), in_shape=(n_in,),
-                          out_shape=out_shape, **_layer_stats(g, path))
-
-
-def _attribute(obj, key: str, default, path: Path):
-    """An attribute's value, its size checked before it is read (a JSON text or a number)."""
-    if key not in obj.attrs:
-        return default
-    attr = obj.attrs.get_id(key)
-    if attr.get_storage_size() > MAX_METADATA_BYTES:
-        raise NetxFormatError(f"{path}: attribute {obj.name} {key} is {attr.get_storage_size()} bytes")
-    try:
-        value = obj.attrs[key]
-    except (OSError, TypeError, ValueError) as exc:
-        raise NetxFormatError(f"{path}: attribute {obj.name} {key} cannot be read ({exc})") from None
-    if isinstance(value, bytes):
-        value = value.decode(errors="replace")
-    return value
+    kind, geometry = reader.read_netx(g, shape, out_shape, path)
+    return QuantizedLayer(kind, _read_weight(g, spec, path), *_read_neuron(g, spec, path), **vars(geometry),
+                          **_layer_stats(g, path))
 
 
 def _layer_stats(g: h5py.Group, path: Path) -> Dict[str, float]:
@@ -373,7 +257,7 @@ def _layer_stats(g: h5py.Group, path: Path) -> Dict[str, float]:
     stats = {}
     for key, attr, default, kind in (("scale", "scale", 1.0, float), ("n_clipped", "n_clipped", 0, int),
                                      ("mean_abs_error", "mean_abs_error", 0.0, float)):
-        value = np.asarray(_attribute(g, attr, default, path))
+        value = np.asarray(fields.attribute(g, attr, default, path))
         if value.size != 1 or value.dtype.kind not in "iuf" or not np.isfinite(value).all():
             raise NetxFormatError(f"{path}: attribute {g.name} {attr} must be one finite number")
         stats[key] = kind(value.reshape(-1)[0])
@@ -381,7 +265,7 @@ def _layer_stats(g: h5py.Group, path: Path) -> Dict[str, float]:
 
 
 def _read_weight(g: h5py.Group, spec: Loihi2Spec, path: Path) -> np.ndarray:
-    weight = _int_array(g, "weight", path, MAX_WEIGHTS)
+    weight = fields.int_array(g, "weight", path, MAX_WEIGHTS)
     if not np.any(weight):
         raise NetxFormatError(f"{path}: {g.name}/weight is all zero (netx cannot load such a layer)")
     lo, hi = -spec.weight_max - 1, spec.weight_max
@@ -395,11 +279,11 @@ def _read_neuron(g: h5py.Group, spec: Loihi2Spec, path: Path) -> Tuple[int, int,
     """(vThMant, vDecay, iDecay) of a layer's CUBA neuron group."""
     if "neuron" not in g:
         raise NetxFormatError(f"{path}: missing group {g.name}/neuron (netx would give it an unreachable threshold)")
-    n = _group(g, "neuron", path)
-    ntype = _read_string(n, "type", path)
+    n = fields.subgroup(g, "neuron", path)
+    ntype = fields.read_string(n, "type", path)
     if ntype not in ("CUBA", "LOIHI"):
         raise NetxFormatError(f"{path}: {n.name}/type {ntype!r} is not a CUBA neuron")
-    i_decay, v_decay, vth = (_int_scalar(n, key, path) for key in ("iDecay", "vDecay", "vThMant"))
+    i_decay, v_decay, vth = (fields.int_scalar(n, key, path) for key in ("iDecay", "vDecay", "vThMant"))
     for key, value, hi in (("vDecay", v_decay, LOIHI_DECAY_UNITY), ("vThMant", vth, spec.vth_max)):
         if not 0 <= value <= hi:
             raise NetxFormatError(f"{path}: {n.name}/{key} = {value} is outside 0..{hi}")

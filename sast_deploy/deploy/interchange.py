@@ -23,8 +23,8 @@ import numpy as np
 
 from ..errors import SastDeployError
 from ..fileio import atomic_write_bytes
-from ..training.model import SpikingLayer, SpikingNet, non_finite_parameters
-from .netx_weights import netx_dense_weights
+from ..training.model import SpikingNet, non_finite_parameters
+from .layers import layer_kind
 from .quantize import QuantizedLayer, QuantizedNet
 from ..functional.lif import LOIHI_ACT_SHIFT, LOIHI_DECAY_UNITY, LOIHI_STATE_BITS
 
@@ -34,39 +34,6 @@ class InterchangeError(SastDeployError, ValueError):
 
 
 # --- NIR ----------------------------------------------------------------------------------
-
-
-def _nir_synapse(layer: SpikingLayer, shape: Tuple[int, ...], gain: float):
-    """The NIR node of a layer's synapse for inputs of ``shape`` (no batch), weights x ``gain``."""
-    import nir
-
-    if layer.kind == "dense":
-        w = layer.synapse.weight.detach().double().numpy() * gain
-        return nir.Linear(weight=w.astype(np.float32))
-    if layer.kind == "conv":
-        conv = layer.synapse
-        w, stride, padding, groups = conv.weight.detach().double().numpy(), conv.stride, conv.padding, conv.groups
-    else:
-        # sum-pool as a conv whose kernel is diagonal in the channels (NIR's type
-        # inference does not follow groups, so no depthwise conv here)
-        k, c = layer.synapse.kernel, shape[0]
-        w = np.zeros((c, c, k, k))
-        w[np.arange(c), np.arange(c)] = float(layer.synapse.weight)
-        stride, padding, groups = (k, k), (0, 0), 1
-    return nir.Conv2d(
-        input_shape=tuple(shape[1:]), weight=(w * gain).astype(np.float32), stride=tuple(stride),
-        padding=tuple(padding), dilation=(1, 1), groups=groups, bias=np.zeros(w.shape[0], dtype=np.float32),
-    )
-
-
-def _output_shape(layer: SpikingLayer, shape: Tuple[int, ...]) -> Tuple[int, ...]:
-    """A layer's output shape (no batch) for inputs of ``shape``."""
-    import torch
-
-    if layer.kind == "dense":
-        return (layer.synapse.weight.shape[0],)
-    with torch.no_grad():
-        return tuple(layer.currents(torch.zeros((1, 1) + shape))[0].shape[1:])
 
 
 def to_nir(model: SpikingNet, dt: float = 1e-3):
@@ -84,13 +51,14 @@ def to_nir(model: SpikingNet, dt: float = 1e-3):
         beta, v_th = layer.lif.beta, layer.lif.v_th
         if beta >= 1.0:
             raise InterchangeError(f"layer {i}: beta = 1 (no leak) has no NIR LIF equivalent (tau would be infinite)")
-        if layer.kind == "dense" and len(shape) > 1:
+        kind = layer_kind(layer.kind, f"layer {i}")
+        if not kind.is_spatial and len(shape) > 1:
             nodes[f"flatten{i}"] = nir.Flatten(input_type={"input": np.array(shape)}, start_dim=0, end_dim=-1)
             edges.append((prev, f"flatten{i}"))
             prev = f"flatten{i}"
-        nodes[f"synapse{i}"] = _nir_synapse(layer, shape, gain=1.0 / (1.0 - beta))
+        nodes[f"synapse{i}"] = kind.nir_synapse(layer.synapse, shape, gain=1.0 / (1.0 - beta))
         edges.append((prev, f"synapse{i}"))
-        shape = _output_shape(layer, shape)
+        shape = kind.geometry(layer.synapse, shape).out_shape
         n = np.ones(shape, dtype=np.float32)
         nodes[f"lif{i}"] = nir.LIF(tau=n * dt / (1.0 - beta), r=n.copy(), v_leak=0 * n, v_threshold=n * v_th, v_reset=0 * n)
         edges.append((f"synapse{i}", f"lif{i}"))
@@ -169,33 +137,6 @@ class OnnxGraph:
         return self.op("Div", [self.op("Sub", [x, self.op("Mod", [x, d])]), d])  # exact: x - (x mod d) is a multiple of d
 
 
-def _dense_input(g: OnnxGraph, s: str, q: QuantizedLayer, flatten: bool) -> str:
-    """A dense layer's synaptic input in weight mantissa units: netx's weight mantissas and
-    exponent, applied as a shift."""
-    if flatten:
-        s = g.op("Flatten", [s], axis=1)
-    ws, wexp = netx_dense_weights(q.weight)
-    a = g.op("MatMul", [s, g.const(ws.T)])
-    if wexp < 0:
-        a = g.floor_div_pow2(a, -wexp)
-    elif wexp > 0:
-        a = g.op("Mul", [a, g.const(1 << wexp)])
-    return a
-
-
-def _conv_input(g: OnnxGraph, s: str, q: QuantizedLayer) -> str:
-    """A conv or pool layer's synaptic input, wrapped to 24 bits (computed in float64, exact:
-    sums of small integers)."""
-    from onnx import TensorProto
-
-    half = 1 << (LOIHI_STATE_BITS - 1)
-    xf = g.op("Cast", [s], to=TensorProto.DOUBLE)
-    conv = g.op("Conv", [xf, g.const(q.weight.astype(np.float64))], strides=list(q.stride),
-                pads=[q.padding[0], q.padding[1], q.padding[0], q.padding[1]], group=q.groups)
-    a = g.op("Cast", [conv], to=TensorProto.INT64)
-    return g.op("Sub", [g.op("Mod", [g.op("Add", [a, g.const(half)]), g.const(2 * half)]), g.const(half)])  # 24-bit wrap
-
-
 def _lif_step(g: OnnxGraph, a: str, v_in: str, v_next: str, q: QuantizedLayer) -> str:
     """The LIF of functional/lif.py, :func:`lif_step_fixed_point`, on synaptic input ``a`` and
     state ``v_in``; writes the new state to ``v_next`` and returns the spikes' name."""
@@ -224,7 +165,7 @@ def to_onnx(qnet: QuantizedNet, opset: int = 17):
     graph_outputs = []
     s = "spikes_in"
     for i, q in enumerate(qnet.layers):
-        a = _dense_input(g, s, q, flatten=len(in_shape) > 2) if q.kind == "dense" else _conv_input(g, s, q)
+        a = layer_kind(q.kind, f"layer {i}").onnx_synapse(g, s, q, spatial_input=len(in_shape) > 2)
         out_shape = ["batch", *q.out_shape]
         graph_inputs.append(helper.make_tensor_value_info(f"v_{i}", TensorProto.INT64, out_shape))
         s = _lif_step(g, a, f"v_{i}", f"v_{i}_next", q)
@@ -255,7 +196,7 @@ def run_onnx_reference(path: str | Path, qnet: QuantizedNet, frames) -> np.ndarr
     sess = ReferenceEvaluator(str(path))
     x = np.asarray(frames).astype(np.int64)
     b, t = x.shape[:2]
-    if qnet.layers[0].kind == "dense":
+    if not layer_kind(qnet.layers[0].kind).is_spatial:
         x = x.reshape(b, t, -1)
     states = {f"v_{i}": np.zeros((b, *q.out_shape), dtype=np.int64) for i, q in enumerate(qnet.layers)}
     counts = np.zeros((b, qnet.n_classes), dtype=np.int64)

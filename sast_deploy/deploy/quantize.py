@@ -29,8 +29,7 @@ import numpy as np
 
 from ..configs import default_spec_path
 from ..errors import SastDeployError
-from ..functional.lif import (LOIHI_ACT_SHIFT, LOIHI_DECAY_UNITY, LOIHI_STATE_BITS, LOIHI_VTH_BITS, LOIHI_WEIGHT_BITS,
-                             decay_to_fixed_point)
+from ..functional.lif import LOIHI_ACT_SHIFT, LOIHI_STATE_BITS, LOIHI_VTH_BITS, LOIHI_WEIGHT_BITS
 from ..training.model import SpikingNet, non_finite_parameters
 from ..validation import check_ranges, file_data, ranged, validated
 
@@ -81,7 +80,7 @@ def load_spec(path: Optional[str | Path] = None) -> Loihi2Spec:
 class QuantizedLayer:
     """One layer in fixed point. Weights: dense [out, in]; conv/pool [out, in/groups, kH, kW]."""
 
-    kind: str
+    kind: str  # a key of sast_deploy.deploy.layers.LAYER_KINDS
     weight: np.ndarray  # int64 mantissas
     vth_mant: int
     v_decay: int
@@ -139,12 +138,15 @@ def threshold_mantissa(max_abs_weight: float, v_th: float, spec: Loihi2Spec) -> 
 
 def max_abs_weight(layer) -> float:
     """The largest |weight| of one layer of a SpikingNet (the sum-pool's single weight for a pool)."""
-    if layer.kind == "pool":
-        return abs(float(layer.synapse.weight))
-    return float(layer.synapse.weight.detach().abs().max())
+    from .layers import layer_kind  # the layer kinds build on this module's types
+
+    return layer_kind(layer.kind).max_abs_weight(layer.synapse)
 
 
-def _quantize_weights(w: np.ndarray, v_th: float, spec: Loihi2Spec, layer: str) -> Tuple[np.ndarray, int, float, int, float]:
+def quantize_weights(w: np.ndarray, v_th: float, spec: Loihi2Spec, layer: str) -> Tuple[np.ndarray, int, float, int, float]:
+    """Float weights ``w`` and threshold ``v_th`` of one layer in mantissas: (integer weights,
+    threshold mantissa, scale (mantissa units per float unit), weights clipped, mean |w - w_int /
+    scale| in float units). ``layer`` names the layer in errors."""
     max_abs = float(np.abs(w).max())
     if max_abs == 0.0:
         raise QuantizationError(f"{layer}: all weights are zero (nothing to deploy; netx cannot load it either)")
@@ -160,44 +162,25 @@ def _quantize_weights(w: np.ndarray, v_th: float, spec: Loihi2Spec, layer: str) 
 
 
 def quantize(model: SpikingNet, spec: Loihi2Spec = Loihi2Spec()) -> QuantizedNet:
-    """Map every layer of a trained network to Loihi 2 fixed point."""
+    """Map every layer of a trained network to Loihi 2 fixed point, each as its kind
+    (:mod:`sast_deploy.deploy.layers`) quantizes it."""
+    from .layers import layer_kind  # the layer kinds build on this module's types
+
     bad = non_finite_parameters(model)
     if bad:
         raise QuantizationError(f"non-finite weights in {', '.join(bad)}: a diverged network cannot be exported")
     layers: List[QuantizedLayer] = []
     shape: Tuple[int, ...] = model.input_shape
     for i, layer in enumerate(model.layers):
-        lif = layer.lif
-        dv = decay_to_fixed_point(lif.beta)
         name = f"layer {i} ({layer.kind})"
-        if layer.kind == "dense":
-            w = layer.synapse.weight.detach().double().numpy()
-            w_int, vth, scale, clipped, err = _quantize_weights(w, lif.v_th, spec, name)
-            in_shape = (int(np.prod(shape)),)
-            out_shape: Tuple[int, ...] = (w.shape[0],)
-            layers.append(QuantizedLayer("dense", w_int, vth, dv, LOIHI_DECAY_UNITY, scale, in_shape, out_shape, n_clipped=clipped, mean_abs_error=err))
-        elif layer.kind == "conv":
-            conv = layer.synapse
-            w = conv.weight.detach().double().numpy()
-            w_int, vth, scale, clipped, err = _quantize_weights(w, lif.v_th, spec, name)
-            out_shape = conv_out_shape(shape, w.shape[0], w.shape[2:], conv.stride, conv.padding)
-            layers.append(QuantizedLayer("conv", w_int, vth, dv, LOIHI_DECAY_UNITY, scale, tuple(shape), out_shape,
-                                         stride=tuple(conv.stride), padding=tuple(conv.padding), groups=conv.groups,
-                                         n_clipped=clipped, mean_abs_error=err))
-        elif layer.kind == "pool":
-            k, channels = layer.synapse.kernel, shape[0]
-            w = np.full((channels, 1, k, k), float(layer.synapse.weight))
-            w_int, vth, scale, clipped, err = _quantize_weights(w, lif.v_th, spec, name)
-            out_shape = conv_out_shape(shape, channels, (k, k), (k, k), (0, 0))
-            layers.append(QuantizedLayer("pool", w_int, vth, dv, LOIHI_DECAY_UNITY, scale, tuple(shape), out_shape,
-                                         stride=(k, k), groups=channels, n_clipped=clipped, mean_abs_error=err))
-        else:
-            raise QuantizationError(f"{name}: no Loihi 2 mapping for layer kind {layer.kind!r}")
-        shape = out_shape
+        layers.append(layer_kind(layer.kind, name).quantize(layer, shape, spec, name))
+        shape = layers[-1].out_shape
     return QuantizedNet(layers, model.input_shape, model.n_classes, spec)
 
 
 def conv_out_shape(shape, channels, kernel, stride, padding) -> Tuple[int, int, int]:
+    """The (C, H, W) output of a conv with ``channels`` outputs over (C, H, W) inputs of ``shape``
+    (kernel, stride, padding: (height, width) pixels; no dilation)."""
     _, h, w = shape
     return (
         int(channels),

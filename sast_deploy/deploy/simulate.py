@@ -24,6 +24,7 @@ import numpy as np
 from ..configs import default_hardware_path
 from ..errors import SastDeployError
 from .export import write_netx
+from .layers import layer_kind
 from .lava_runtime import lava_runtime, read_var
 from .quantize import QuantizedNet
 from ..validation import Count, file_data, validated
@@ -82,7 +83,7 @@ def input_buffer(frames: np.ndarray, first_kind: str, n_layers: int) -> np.ndarr
     sample, time last; (features, N * R) for a dense first layer, (W, H, P, N * R) for conv."""
     n, t = frames.shape[:2]
     r = t + n_layers
-    if first_kind == "dense":
+    if not layer_kind(first_kind).is_spatial:
         buf = np.zeros((n, r, int(np.prod(frames.shape[2:]))), dtype=np.int8)
         buf[:, :t] = frames.reshape(n, t, -1)
         return buf.reshape(n * r, -1).T
@@ -112,7 +113,7 @@ DEFAULT_CONV_COPIES = 32
 
 def default_copies(qnet: QuantizedNet) -> int:
     """:data:`DEFAULT_CONV_COPIES` for a net with a conv or pool layer, else :data:`DEFAULT_COPIES`."""
-    return DEFAULT_CONV_COPIES if any(q.kind != "dense" for q in qnet.layers) else DEFAULT_COPIES
+    return DEFAULT_CONV_COPIES if any(layer_kind(q.kind).is_spatial for q in qnet.layers) else DEFAULT_COPIES
 
 
 def resolve_copies(qnet: QuantizedNet, copies: Optional[int], n_samples: int) -> int:

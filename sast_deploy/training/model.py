@@ -106,7 +106,8 @@ class SumPool2d(torch.nn.Module):
 
 
 class SpikingLayer(torch.nn.Module):
-    """synapse (time-distributed) -> LIF. ``kind`` is 'dense', 'conv' or 'pool'."""
+    """synapse (time-distributed) -> LIF. ``kind`` is 'dense', 'conv' or 'pool': how the layer
+    is deployed (a key of :data:`sast_deploy.deploy.layers.LAYER_KINDS`)."""
 
     def __init__(self, kind: str, synapse: torch.nn.Module, lif: LIF):
         super().__init__()
@@ -117,7 +118,7 @@ class SpikingLayer(torch.nn.Module):
     def currents(self, spikes: torch.Tensor) -> torch.Tensor:
         """Synaptic currents for all time steps at once ([T, B, ...] -> [T, B, ...])."""
         t, b = spikes.shape[:2]
-        if self.kind == "dense":
+        if isinstance(self.synapse, torch.nn.Linear):  # takes feature vectors: (C, H, W) maps are flattened
             return self.synapse(spikes.reshape(t, b, -1))
         out = self.synapse(spikes.reshape(t * b, *spikes.shape[2:]))
         return out.reshape(t, b, *out.shape[1:])
