@@ -27,7 +27,7 @@ from ..fileio import atomic_write_text
 from ..lock import run_lock
 from ..training.model import SpikingNet, predict
 from .quantize import Loihi2Spec, QuantizationError, QuantizedNet, load_spec, quantize
-from .simulate import SimulationResult, simulate_lava
+from .simulate import SimulationResult, simulate_lava, simulate_quantized
 from ..distributed import distributed_context, is_rank_zero, rank_bounds
 from ..errors import RunError, one_line
 from ..training.evaluate import accuracy_pct, fraction, output_counts
@@ -97,7 +97,7 @@ def _compare_run(run_dir: Path, samples: int, progress: bool, spec: Loihi2Spec, 
     check_input(qnet, test, net_path, recipe.data.spec.n_classes)
     lava_idx = stratified_subset(test.labels.numpy(), samples, recipe.data.subset_seed)  # all when samples = 0
     # under torchrun each rank emulates and simulates its contiguous slice; rank 0 gathers
-    emulation, lava = _emulate_and_simulate(qnet, test, lava_idx, rank, world, progress, copies)
+    emulation, lava = _emulate_and_simulate(qnet, net_path, test, lava_idx, rank, world, progress, copies)
     result = {
         "run": str(run_dir),
         "weight_bits": spec.weight_bits,
@@ -116,16 +116,19 @@ def _compare_run(run_dir: Path, samples: int, progress: bool, spec: Loihi2Spec, 
     return result
 
 
-def _emulate_and_simulate(qnet: QuantizedNet, test: FrameDataset, lava_idx: np.ndarray, rank: int, world: int,
-                          progress: bool, copies: Optional[int]) -> Tuple[Emulation, List[SimulationResult]]:
+def _emulate_and_simulate(qnet: QuantizedNet, net_path: Path, test: FrameDataset, lava_idx: np.ndarray, rank: int,
+                          world: int, progress: bool, copies: Optional[int]) -> Tuple[Emulation, List[SimulationResult]]:
     """This rank's slices (of the test split for the emulator, of ``lava_idx`` for Lava), then,
     under torchrun, every rank's: the emulation of the full test split and Lava's results in
-    sample order."""
+    sample order. Rank 0 simulates the file it wrote, ``net_path``; the others, which cannot
+    wait for it (no process group before Lava has run), a temporary export of the same ``qnet``."""
     lo, hi = rank_bounds(len(test), rank, world)
     emulation = emulate(qnet, test.frames_at(range(lo, hi)), progress=progress and rank == 0)
     lo, hi = rank_bounds(len(lava_idx), rank, world)
-    part = (simulate_lava(qnet, test.frames_at(lava_idx[lo:hi]).numpy(), progress=progress and rank == 0, copies=copies)
-            if hi > lo else None)
+    part = None
+    if hi > lo:
+        frames, kwargs = test.frames_at(lava_idx[lo:hi]), {"progress": progress and rank == 0, "copies": copies}
+        part = simulate_lava(net_path, frames, **kwargs) if rank == 0 else simulate_quantized(qnet, frames, **kwargs)
     if world > 1:
         distributed_context(torch.device("cpu"))
     return Emulation.merge(_gather(emulation, world)), [p for p in _gather(part, world) if p is not None]
