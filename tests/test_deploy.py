@@ -203,6 +203,17 @@ def test_compare_on_a_trained_run(trained_run, capsys):
     assert result["lava_hard_prediction_agreement"] == round(result["lava_hard_prediction_agreement"] * 25) / 25
     assert (trained_run / "compare.md").read_text().startswith("| run |")
     assert "| " + trained_run.name in capsys.readouterr().out
+    # the same comparison in memory, from the model and the file compare wrote: the same fields and values
+    from sast_deploy.deploy.compare import compare
+
+    model, recipe, _ = load_run(trained_run)
+    test = load_dataset(recipe.data, progress=False)[1]
+    before = (trained_run / "compare.json").stat().st_mtime_ns
+    again = compare(model, trained_run / "net.h5", test, samples=25, subset_seed=recipe.data.subset_seed, progress=False)
+    timing = {"lava_samples_per_s", "lava_timesteps_per_s", "lava_compile_seconds"}
+    assert list(again) == [k for k in result if k not in ("run", "weight_bits", "deployable")]
+    assert {k: v for k, v in again.items() if k not in timing} == {k: result[k] for k in again if k not in timing}
+    assert (trained_run / "compare.json").stat().st_mtime_ns == before  # writes nothing
 
 
 @pytest.mark.slow

@@ -179,7 +179,7 @@ def test_interrupt_before_the_first_run_reaps_the_workers(tmp_path, monkeypatch,
     import numpy as np
     from lava.magma.core.process.process import AbstractProcess
 
-    from sast_deploy.deploy.export import read_netx, write_netx
+    from sast_deploy.deploy.export import write_netx
     from sast_deploy.deploy.simulate import simulate_lava
 
     path = write_netx(random_mlp(0, (24, 12, 5), (300, 400), (410, 0)), tmp_path / "net.h5")
@@ -207,7 +207,7 @@ def test_a_signal_while_the_results_are_read_waits_for_the_read(tmp_path, monkey
     import numpy as np
     from lava.magma.runtime.runtime import Runtime
 
-    from sast_deploy.deploy.export import read_netx, write_netx
+    from sast_deploy.deploy.export import write_netx
     from sast_deploy.deploy.simulate import simulate_lava
     from sast_deploy.errors import Terminated
 
@@ -249,7 +249,7 @@ def test_a_signal_after_a_run_finished_but_before_its_answer_was_read(tmp_path, 
     import numpy as np
     from lava.magma.runtime.runtime import Runtime
 
-    from sast_deploy.deploy.export import read_netx, write_netx
+    from sast_deploy.deploy.export import write_netx
     from sast_deploy.deploy.simulate import simulate_lava
     from sast_deploy.errors import Terminated
 
@@ -283,7 +283,7 @@ def test_a_stop_that_hangs_is_timed_out_and_the_workers_killed(tmp_path, monkeyp
     from lava.magma.core.process.process import AbstractProcess
 
     from sast_deploy.deploy import lava_runtime
-    from sast_deploy.deploy.export import read_netx, write_netx
+    from sast_deploy.deploy.export import write_netx
     from sast_deploy.deploy.simulate import simulate_lava
 
     path = write_netx(random_mlp(0, (24, 12, 5), (300, 400), (410, 0)), tmp_path / "net.h5")

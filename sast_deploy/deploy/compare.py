@@ -22,7 +22,7 @@ import torch
 
 from ..data.datasets import FrameDataset, class_counts, load_dataset, stratified_subset
 from .emulator import Emulation, emulate
-from .export import precision_suffix, write_run_netx
+from .export import precision_suffix, read_netx, write_run_netx
 from ..fileio import atomic_write_text
 from ..lock import run_lock
 from ..training.model import SpikingNet, predict
@@ -96,24 +96,45 @@ def _compare_run(run_dir: Path, samples: int, progress: bool, spec: Loihi2Spec, 
     _, test = load_dataset(recipe.data, progress=progress)
     check_input(qnet, test, net_path, recipe.data.spec.n_classes)
     lava_idx = stratified_subset(test.labels.numpy(), samples, recipe.data.subset_seed)  # all when samples = 0
-    # under torchrun each rank emulates and simulates its contiguous slice; rank 0 gathers
+    result = {"run": str(run_dir), "weight_bits": spec.weight_bits, "deployable": True,
+              **_comparison(model, qnet, net_path, test, lava_idx, rank, world, progress, copies)}
+    if rank == 0:
+        atomic_write_text(run_dir / f"compare{suffix}.json", json.dumps(result, indent=2) + "\n")
+        atomic_write_text(run_dir / f"compare{suffix}.md", compare_markdown([(run_dir.name, result)]))
+    return result
+
+
+def compare(model: SpikingNet, net: str | Path, test: FrameDataset, samples: int = 500, subset_seed: int = 0,
+            progress: bool = True, copies: Optional[int] = None) -> Dict[str, object]:
+    """The float ``model``, the emulator and Lava, sample by sample, in memory: the netx file
+    ``net`` (``model`` exported, e.g. with :func:`sast_deploy.deploy.export.write_netx`) is
+    emulated on all of ``test`` and simulated on Lava on a class-stratified subset of ``samples``
+    (0: all; seeded by ``subset_seed``). Returns compare.json's fields (without ``run``,
+    ``weight_bits`` and ``deployable``): accuracies in percent, gaps in percentage points,
+    agreements as fractions of samples, Lava's speed, SynOps. Writes nothing
+    (:func:`compare_run` does the same for a run directory and writes compare.json)."""
+    net_path = Path(net)
+    qnet = read_netx(net_path)
+    check_input(qnet, test, net_path, model.n_classes)  # one output neuron per output of the float model
+    lava_idx = stratified_subset(test.labels.numpy(), samples, subset_seed)
+    return _comparison(model, qnet, net_path, test, lava_idx, 0, 1, progress, copies)
+
+
+def _comparison(model: SpikingNet, qnet: QuantizedNet, net_path: Path, test: FrameDataset, lava_idx: np.ndarray,
+                rank: int, world: int, progress: bool, copies: Optional[int]) -> Dict[str, object]:
+    """compare.json's measurements: ``qnet`` (the network in ``net_path``) emulated on all of
+    ``test``, ``net_path`` simulated on Lava on ``lava_idx``, both against the float ``model``.
+    Under torchrun each rank emulates and simulates its contiguous slice; rank 0 gathers."""
     emulation, lava = _emulate_and_simulate(qnet, net_path, test, lava_idx, rank, world, progress, copies)
-    result = {
-        "run": str(run_dir),
-        "weight_bits": spec.weight_bits,
-        "deployable": True,
+    return {
         "n_samples": len(lava_idx),
         "n_test": len(test),
-        "lava_class_counts": class_counts(test.labels[lava_idx], recipe.data.spec.n_classes),  # the subset Lava ran
+        "lava_class_counts": class_counts(test.labels[lava_idx], qnet.n_classes),  # the subset Lava ran
         **_accuracies(model, test, emulation.counts, lava_idx, torch.from_numpy(np.concatenate([p.counts for p in lava]))),
         "ranks": world,
         **_lava_speed(lava, len(lava_idx)),
         **emulation.activity(),  # SynOps and spike rates over the full test split (emulator)
     }
-    if rank == 0:
-        atomic_write_text(run_dir / f"compare{suffix}.json", json.dumps(result, indent=2) + "\n")
-        atomic_write_text(run_dir / f"compare{suffix}.md", compare_markdown([(run_dir.name, result)]))
-    return result
 
 
 def _emulate_and_simulate(qnet: QuantizedNet, net_path: Path, test: FrameDataset, lava_idx: np.ndarray, rank: int,
