@@ -1,5 +1,6 @@
 """Stage 8, comparison: float PyTorch, the fixed-point emulator and Lava's simulator, sample by
-sample, on a trained run. Writes ``compare.json`` and ``compare.md`` in the run directory.
+sample: :func:`compare` in memory (a model, its netx file, a test split), :func:`compare_run` on a
+trained run, which writes ``compare.json`` and ``compare.md`` in the run directory.
 
 Accuracies are percent; gaps are percentage points:
   transfer_gap_pp      surrogate − hard (float), full test split
