@@ -52,7 +52,7 @@ TRAIN = """
 from sast_deploy.training.recipe import load_recipe
 from sast_deploy.training.train import train
 recipe = load_recipe({recipe!r}, ["data.data_dir={root}", "training.epochs=1"])
-m = train(recipe, {out!r}, progress=False, resume=False)
+m = train(recipe, {out!r}, progress=False, resume=False).metrics
 extra = {{k: m[k] for k in ("surrogate_accuracy", "hard_accuracy", "n_train", "n_test", "train_seconds")}}
 """
 

@@ -75,7 +75,7 @@ def main(argv=None) -> int:
                 elif index % n_shards != shard:
                     continue
                 else:
-                    m = train(recipe, run_dir, progress=False)
+                    m = train(recipe, run_dir, progress=False).metrics
                 row = {"variant": tag, "method": opt, "seed": int(seed),
                        **{k: m[k] for k in ("surrogate_accuracy", "hard_accuracy", "transfer_gap_pp", "train_seconds")}}
                 rows.append(row)

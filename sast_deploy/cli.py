@@ -23,12 +23,9 @@ import sys
 from pathlib import Path
 from typing import List, Optional
 
-import numpy as np
-
 from .distributed import is_rank_zero
 from .errors import EXIT_BAD_INPUT, EXIT_SIGINT, EXIT_SIGTERM, SastDeployError, Terminated, one_line
 from .deploy.export import EXPORT_TARGETS
-from .deploy.quantize import QuantizationError
 from .deploy.simulate import DEFAULT_CONV_COPIES, DEFAULT_COPIES
 from .functional.lif import LOIHI_WEIGHT_BITS
 from .data.tonic_layout import LAYOUTS
@@ -52,7 +49,7 @@ def cmd_train(args) -> int:
 
     overrides = list(args.set) + ([f"training.device={args.device}"] if args.device else [])
     recipe = load_recipe(_find_recipe(args.config), overrides)
-    metrics = train(recipe, args.out, progress=not args.quiet, resume=not args.restart)
+    metrics = train(recipe, args.out, progress=not args.quiet, resume=not args.restart).metrics
     if is_rank_zero():  # under torchrun only rank 0 prints results (every rank computes them)
         print(json.dumps({k: v for k, v in metrics.items() if k != "history"}, indent=2))
     return 0
@@ -69,74 +66,29 @@ def cmd_evaluate(args) -> int:
 
 
 def _spec(args):
-    import dataclasses
+    from .deploy.quantize import load_spec, with_weight_bits
 
-    from .deploy.quantize import load_spec
-
-    spec = load_spec(getattr(args, "spec", None))
-    bits = getattr(args, "weight_bits", None)
-    if bits is not None:
-        if not 2 <= bits <= 8:
-            raise QuantizationError(f"--weight-bits must be in 2..8, got {bits}")
-        spec = dataclasses.replace(spec, weight_bits=bits, name=f"{spec.name}-w{bits}")
-    return spec
+    return with_weight_bits(load_spec(getattr(args, "spec", None)), getattr(args, "weight_bits", None))
 
 
 def cmd_export(args) -> int:
-    from .deploy.export import export_run
+    from .deploy.export import export_markdown, export_run
 
     if args.target is None or args.run_dir is None:
         print("export targets:")
         for name, what in EXPORT_TARGETS.items():
             print(f"  {name:5s} {what}")
         return 0 if args.target is None else 2
-    if args.target not in EXPORT_TARGETS:
-        print(f"sast-deploy export: error: unknown target {args.target!r}; known: {', '.join(EXPORT_TARGETS)}", file=sys.stderr)
-        return 2
-    report = export_run(args.run_dir, args.out, _spec(args), target=args.target)
-    if args.target != "lava":
-        print(f"wrote {report['net']} ({args.target})")
-        return 0
-    print(f"wrote {report['net']} ({report['target']})")
-    print("| layer | kind | weights | scale | vThMant | vDecay | clipped | mean abs quant error | warnings |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    for r in report["layers"]:
-        print(f"| {r['layer']} | {r['kind']} | {r['shape']} | {r['scale']:.1f} | {r['vth_mant']} | {r['v_decay']} | "
-              f"{r['clipped_weights']} | {r['mean_abs_quant_error']:.2e} | {'; '.join(r['warnings']) or '-'} |")
+    print(export_markdown(export_run(args.run_dir, args.out, _spec(args), target=args.target)), end="")
     return 0
 
 
 def cmd_simulate(args) -> int:
-    from .deploy.compare import check_input
-    from .data.datasets import class_counts, load_dataset, stratified_subset
-    from .deploy.export import read_netx
-    from .fileio import atomic_write_text
-    from .training.model import predict
-    from .deploy.simulate import simulate_lava
-    from .training.runs import load_run
+    from .deploy.lava_run import simulate_run, summary
 
-    qnet = read_netx(args.net)
-    _, recipe, _ = load_run(args.run)
-    _, test = load_dataset(recipe.data, progress=not args.quiet)
-    check_input(qnet, test, Path(args.net), recipe.data.spec.n_classes)
-    idx = stratified_subset(test.labels.numpy(), args.samples, recipe.data.subset_seed)  # all when --samples 0
-    from .deploy.simulate import SimulatorConfig
-
-    res = simulate_lava(qnet, test.frames_at(idx).numpy(), progress=not args.quiet, hardware=SimulatorConfig.load(args.hardware),
-                        copies=args.copies)
-    pred = predict(res.counts)
-    labels = test.labels[idx].numpy()
-    out = {
-        "net": str(args.net), "run": str(args.run), "n_samples": len(idx), "test_indices": idx.tolist(),
-        "class_counts": class_counts(labels, recipe.data.spec.n_classes),
-        "accuracy": float(100.0 * np.mean(pred == labels)),
-        "samples_per_s": res.samples_per_s, "timesteps_per_s": res.timesteps_per_s,
-        "compile_seconds": res.compile_seconds, "run_seconds": res.seconds,
-        "labels": labels.tolist(), "predictions": pred.tolist(), "spike_counts": res.counts.tolist(),
-    }
-    path = Path(args.out) if args.out else Path(args.run) / "simulate.json"
-    atomic_write_text(path, json.dumps(out) + "\n")
-    print(json.dumps({k: v for k, v in out.items() if k not in ("labels", "predictions", "spike_counts", "test_indices")}, indent=2))
+    result, path = simulate_run(args.net, args.run, samples=args.samples, out=args.out, hardware=args.hardware,
+                                copies=args.copies, progress=not args.quiet)
+    print(json.dumps(summary(result), indent=2))
     print(f"per-sample results: {path}")
     return 0
 

@@ -26,7 +26,7 @@ def test_four_bit_weights_lava_equals_emulator(tmp_path, trained_run):
     from sast_deploy.data.datasets import load_dataset
 
     frames = load_dataset(recipe.data, progress=False)[1].frames[:30]
-    sim = simulate_lava(read_netx(path), frames.numpy(), progress=False)
+    sim = simulate_lava(path, frames.numpy(), progress=False)
     emu = emulate(read_netx(path), frames).counts.numpy()
     assert emu.sum() > 0
     np.testing.assert_array_equal(sim.counts, emu)

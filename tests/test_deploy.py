@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -30,7 +31,7 @@ def test_lava_equals_emulator_on_random_mlps(tmp_path, seed, vths, dvs):
     qnet = random_mlp(seed, (24, 12, 5), vths, dvs)
     path = write_netx(qnet, tmp_path / "net.h5")
     frames = random_spikes(seed, 6, 10, (1, 1, 24))
-    sim = simulate_lava(read_netx(path), frames, progress=False, chunks=3)
+    sim = simulate_lava(path, frames, progress=False, chunks=3)
     emu = emulate_counts(read_netx(path), torch.from_numpy(frames)).numpy()
     np.testing.assert_array_equal(sim.counts, emu)
     if seed == 0:
@@ -42,7 +43,7 @@ def test_lava_equals_emulator_through_netx_weight_traps(tmp_path):
     stored, _ = netx_dense_weights(qnet.layers[1].weight)
     path = write_netx(qnet, tmp_path / "net.h5")
     frames = random_spikes(3, 5, 12, (1, 1, 16), 0.5)
-    sim = simulate_lava(read_netx(path), frames, progress=False)
+    sim = simulate_lava(path, frames, progress=False)
     np.testing.assert_array_equal(sim.counts, emulate_counts(read_netx(path), torch.from_numpy(frames)).numpy())
 
 
@@ -52,7 +53,7 @@ def test_conv_net_lava_equals_emulator(tmp_path):
     assert [q.kind for q in qnet.layers] == ["conv", "pool", "dense"]
     path = write_netx(qnet, tmp_path / "conv.h5")
     frames = random_spikes(5, 6, 8, (2, 9, 8), 0.4)
-    sim = simulate_lava(read_netx(path), frames, progress=False)
+    sim = simulate_lava(path, frames, progress=False)
     emu = emulate_counts(read_netx(path), torch.from_numpy(frames)).numpy()
     np.testing.assert_array_equal(sim.counts, emu)
     assert sim.counts.sum() > 0
@@ -69,7 +70,7 @@ def test_conv_net_without_pooling_lava_equals_emulator(tmp_path):
     assert [q.kind for q in qnet.layers] == ["conv", "dense", "dense"]
     path = write_netx(qnet, tmp_path / "conv.h5")
     frames = random_spikes(4, 6, 8, (2, 9, 8), 0.4)
-    sim = simulate_lava(read_netx(path), frames, progress=False)
+    sim = simulate_lava(path, frames, progress=False)
     np.testing.assert_array_equal(sim.counts, emulate_counts(read_netx(path), torch.from_numpy(frames)).numpy())
     assert sim.counts.sum() > 0
 
@@ -202,6 +203,17 @@ def test_compare_on_a_trained_run(trained_run, capsys):
     assert result["lava_hard_prediction_agreement"] == round(result["lava_hard_prediction_agreement"] * 25) / 25
     assert (trained_run / "compare.md").read_text().startswith("| run |")
     assert "| " + trained_run.name in capsys.readouterr().out
+    # the same comparison in memory, from the model and the file compare wrote: the same fields and values
+    from sast_deploy.deploy.compare import compare
+
+    model, recipe, _ = load_run(trained_run)
+    test = load_dataset(recipe.data, progress=False)[1]
+    before = (trained_run / "compare.json").stat().st_mtime_ns
+    again = compare(model, trained_run / "net.h5", test, samples=25, subset_seed=recipe.data.subset_seed, progress=False)
+    timing = {"lava_samples_per_s", "lava_timesteps_per_s", "lava_compile_seconds"}
+    assert list(again) == [k for k in result if k not in ("run", "weight_bits", "deployable")]
+    assert {k: v for k, v in again.items() if k not in timing} == {k: result[k] for k in again if k not in timing}
+    assert (trained_run / "compare.json").stat().st_mtime_ns == before  # writes nothing
 
 
 @pytest.mark.slow
@@ -230,6 +242,53 @@ def test_cli_export_simulate_and_bad_inputs(trained_run, tmp_path, capsys, small
     assert "iDecay" in capsys.readouterr().err and not (tmp_path / "x.json").exists()
 
 
+@pytest.fixture
+def netx_opened(monkeypatch):
+    """The files lava-dl netx builds its process graphs from (CopiesNetwork's included: a subclass)."""
+    from lava.lib.dl.netx import hdf5
+
+    opened, init = [], hdf5.Network.__init__
+
+    def spy(self, *args, **kwargs):
+        path = kwargs.get("net_config", args[0] if args else None)
+        with h5py.File(path, "r") as f:
+            opened.append((path, f.attrs.get("note")))
+        init(self, *args, **kwargs)
+
+    monkeypatch.setattr(hdf5.Network, "__init__", spy)
+    return opened
+
+
+@pytest.mark.slow
+def test_simulate_builds_lavas_graph_from_the_users_file(trained_run, tmp_path, capsys, netx_opened):
+    """netx's interface is the file: ``sast-deploy simulate NET.h5`` runs the file it was given,
+    not a rewritten copy (the note below is a byte that only the user's file holds)."""
+    net = tmp_path / "mine.h5"
+    assert main(["export", str(trained_run), "--out", str(net)]) == 0
+    with h5py.File(net, "a") as f:
+        f.attrs["note"] = "the user's own file"
+    for copies in ("1", "3"):  # netx's Network, and CopiesNetwork on the same file
+        assert main(["simulate", str(net), "--run", str(trained_run), "--samples", "3", "--copies", copies,
+                     "--out", str(tmp_path / "s.json"), "--quiet"]) == 0
+    assert netx_opened == [(str(net), "the user's own file")] * 2
+    capsys.readouterr()
+
+
+def test_simulate_lava_takes_a_file_and_quantized_nets_go_through_one(tmp_path, netx_opened):
+    qnet = random_mlp(0, (24, 12, 5), (300, 400), (410, 0))
+    frames = random_spikes(0, 3, 6, (1, 1, 24))
+    with pytest.raises(TypeError, match="write_netx"):
+        simulate_lava(qnet, frames, progress=False)
+    from sast_deploy.deploy.simulate import simulate_quantized
+
+    in_memory = simulate_quantized(qnet, frames, progress=False)
+    (temporary, _), = netx_opened
+    assert not Path(temporary).exists()  # written for the run, then removed
+    path = write_netx(qnet, tmp_path / "net.h5")
+    np.testing.assert_array_equal(simulate_lava(path, frames, progress=False).counts, in_memory.counts)
+    assert netx_opened[1] == (str(path), None)
+
+
 def test_hardware_configs_load_and_bad_keys_are_named(tmp_path):
     from pathlib import Path
 
@@ -255,8 +314,17 @@ def test_k_copies_in_one_graph_are_bit_identical(tmp_path, kind):
         qnet, shape = quantize(conv_model(0.5)), (2, 9, 8)
     path = write_netx(qnet, tmp_path / "net.h5")
     frames = random_spikes(9, 7, 8, shape, 0.4)  # 7 samples: the last group of 3 is padded
-    single = simulate_lava(read_netx(path), frames, progress=False)
-    batched = simulate_lava(read_netx(path), frames, progress=False, copies=3)
+    single = simulate_lava(path, frames, progress=False)
+    batched = simulate_lava(path, frames, progress=False, copies=3)
     np.testing.assert_array_equal(batched.counts, single.counts)
     np.testing.assert_array_equal(single.counts, emulate_counts(read_netx(path), torch.from_numpy(frames)).numpy())
     assert single.counts.sum() > 0
+
+
+@pytest.mark.parametrize("command,bits,bound", [("export", "9", "<= 8"), ("compare", "1", ">= 2"), ("evaluate", "0", ">= 2")])
+def test_weight_bits_are_checked_once_by_the_target_spec(tmp_path, capsys, command, bits, bound):
+    extra = ["--emulator"] if command == "evaluate" else []
+    assert main([command, str(tmp_path), "--weight-bits", bits, *extra]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"sast-deploy {command}: error: target loihi2: weight_bits must be {bound}, got {bits}"
+    assert list(tmp_path.iterdir()) == []  # refused before anything is read or written

@@ -11,7 +11,7 @@ from sast_deploy.functional.lif import LOIHI_STATE_BITS, lif_step_fixed_point
 from sast_deploy.deploy.emulator import FixedPointNet, emulate, emulate_counts
 from sast_deploy.deploy.netx_weights import netx_dense_weights
 from sast_deploy.deploy.quantize import QuantizedNet, quantize
-from sast_deploy.deploy.simulate import SimulationError, simulate_lava
+from sast_deploy.deploy.simulate import SimulationError, simulate_lava, simulate_quantized
 from helpers import conv_model, dense_layer, random_conv_net, random_mlp, random_spikes
 
 
@@ -80,8 +80,8 @@ def test_event_driven_dense_equals_stock_model_and_emulator(tmp_path, density):
     qnet = random_mlp(11, (40, 16, 6), (100, 40), (300, 300), inhibitory_last=True)
     path = write_netx(qnet, tmp_path / "net.h5")
     frames = random_spikes(12, 5, 12, (1, 1, 40), density)
-    stock = simulate_lava(read_netx(path), frames, progress=False, event_driven=False)
-    event = simulate_lava(read_netx(path), frames, progress=False, event_driven=True)
+    stock = simulate_lava(path, frames, progress=False, event_driven=False)
+    event = simulate_lava(path, frames, progress=False, event_driven=True)
     np.testing.assert_array_equal(event.counts, stock.counts)
     np.testing.assert_array_equal(event.counts, emulate_counts(read_netx(path), torch.from_numpy(frames)).numpy())
     assert stock.counts.sum() > 0
@@ -93,9 +93,9 @@ def test_k_copies_on_a_trained_run_equal_stock_lava_and_emulator(trained_run, sm
 
     net = export_run(trained_run, tmp_path / "net.h5")["net"]
     frames = small_data[1][1].frames[:9].numpy()
-    stock = simulate_lava(read_netx(net), frames, progress=False, event_driven=False)
+    stock = simulate_lava(net, frames, progress=False, event_driven=False)
     for copies in (1, 4):  # 9 samples: the last group of 4 is padded
-        res = simulate_lava(read_netx(net), frames, progress=False, copies=copies)
+        res = simulate_lava(net, frames, progress=False, copies=copies)
         np.testing.assert_array_equal(res.counts, stock.counts)
         assert res.samples == 9 if copies == 1 else res.samples == 12
     np.testing.assert_array_equal(stock.counts, emulate_counts(read_netx(net), torch.from_numpy(frames)).numpy())
@@ -121,7 +121,7 @@ def test_copies_network_holds_one_weight_block_per_layer(tmp_path):
 def test_copies_need_the_event_driven_models(tmp_path):
     path = write_netx(random_mlp(0, (24, 12, 5), (300, 400), (410, 0)), tmp_path / "net.h5")
     with pytest.raises(SimulationError, match="event-driven"):
-        simulate_lava(read_netx(path), random_spikes(0, 2, 4, (1, 1, 24)), progress=False, copies=2, event_driven=False)
+        simulate_lava(path, random_spikes(0, 2, 4, (1, 1, 24)), progress=False, copies=2, event_driven=False)
 
 
 # --- the fast emulator against the plain int64 reference ----------------------------------
@@ -257,8 +257,8 @@ def test_event_driven_conv_equals_stock_model_and_emulator(tmp_path, case, densi
     qnet = random_conv_net(30 + case, **NET_CASES[case])
     path = write_netx(qnet, tmp_path / "net.h5")
     frames = random_spikes(31 + case, 6, 10, qnet.input_shape, density)
-    stock = simulate_lava(read_netx(path), frames, progress=False, event_driven=False)
-    event = simulate_lava(read_netx(path), frames, progress=False, copies=1)
+    stock = simulate_lava(path, frames, progress=False, event_driven=False)
+    event = simulate_lava(path, frames, progress=False, copies=1)
     np.testing.assert_array_equal(event.counts, stock.counts)
     np.testing.assert_array_equal(stock.counts, emulate_counts(read_netx(path), torch.from_numpy(frames)).numpy())
     assert stock.counts.sum() > 0
@@ -295,11 +295,11 @@ def test_k_copies_past_lavas_int8_conv_groups_equal_single_copies():
     qnet = quantize(model)
     assert resolve_copies(qnet, None, 100) == DEFAULT_CONV_COPIES and resolve_copies(qnet, None, 7) == 7
     frames = random_spikes(1, 30, 6, (2, 9, 8))
-    single = simulate_lava(qnet, frames, progress=False, copies=1)
+    single = simulate_quantized(qnet, frames, progress=False, copies=1)
     assert single.counts.sum() > 0
     np.testing.assert_array_equal(single.counts, emulate_counts(qnet, torch.from_numpy(frames)).numpy())
     for copies in (16, 26):
-        res = simulate_lava(qnet, frames, progress=False, copies=copies)
+        res = simulate_quantized(qnet, frames, progress=False, copies=copies)
         assert res.copies == copies
         np.testing.assert_array_equal(res.counts, single.counts)
 
@@ -310,11 +310,11 @@ def test_k_copies_on_a_trained_conv_run_equal_stock_lava_and_emulator(trained_co
 
     net = export_run(trained_conv_run, tmp_path / "net.h5")["net"]
     frames = small_data[1][1].frames[:20].numpy()
-    stock = simulate_lava(read_netx(net), frames, progress=False, event_driven=False)
+    stock = simulate_lava(net, frames, progress=False, event_driven=False)
     assert stock.counts.sum() > 0
     np.testing.assert_array_equal(stock.counts, emulate_counts(read_netx(net), torch.from_numpy(frames)).numpy())
     for copies in (1, 20):
-        np.testing.assert_array_equal(simulate_lava(read_netx(net), frames, progress=False, copies=copies).counts,
+        np.testing.assert_array_equal(simulate_lava(net, frames, progress=False, copies=copies).counts,
                                       stock.counts)
 
 
@@ -326,7 +326,7 @@ def test_dense_only_networks_have_no_copies_cap():
     qnet = random_mlp(0, (24, 12, 5), (300, 400), (410, 0))
     assert resolve_copies(qnet, 200, 300) == 200 and resolve_copies(qnet, None, 300) == DEFAULT_COPIES
     frames = random_spikes(0, 140, 10, (1, 1, 24))
-    res = simulate_lava(qnet, frames, progress=False, copies=135)
+    res = simulate_quantized(qnet, frames, progress=False, copies=135)
     assert res.copies == 135
     np.testing.assert_array_equal(res.counts, emulate_counts(qnet, torch.from_numpy(frames)).numpy())
 

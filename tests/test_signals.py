@@ -179,7 +179,7 @@ def test_interrupt_before_the_first_run_reaps_the_workers(tmp_path, monkeypatch,
     import numpy as np
     from lava.magma.core.process.process import AbstractProcess
 
-    from sast_deploy.deploy.export import read_netx, write_netx
+    from sast_deploy.deploy.export import write_netx
     from sast_deploy.deploy.simulate import simulate_lava
 
     path = write_netx(random_mlp(0, (24, 12, 5), (300, 400), (410, 0)), tmp_path / "net.h5")
@@ -191,7 +191,7 @@ def test_interrupt_before_the_first_run_reaps_the_workers(tmp_path, monkeypatch,
     monkeypatch.setattr(AbstractProcess, "run", interrupted)
     started = time.monotonic()
     with pytest.raises(KeyboardInterrupt):
-        simulate_lava(read_netx(path), random_spikes(0, 4, 10, (1, 1, 24)).astype(np.uint8), progress=False)
+        simulate_lava(path, random_spikes(0, 4, 10, (1, 1, 24)).astype(np.uint8), progress=False)
     assert time.monotonic() - started < 30
     assert set(multiprocessing.active_children()) <= children_before
     assert lava_segments and not set(lava_segments) & _shm()
@@ -207,7 +207,7 @@ def test_a_signal_while_the_results_are_read_waits_for_the_read(tmp_path, monkey
     import numpy as np
     from lava.magma.runtime.runtime import Runtime
 
-    from sast_deploy.deploy.export import read_netx, write_netx
+    from sast_deploy.deploy.export import write_netx
     from sast_deploy.deploy.simulate import simulate_lava
     from sast_deploy.errors import Terminated
 
@@ -233,7 +233,7 @@ def test_a_signal_while_the_results_are_read_waits_for_the_read(tmp_path, monkey
 
     monkeypatch.setattr(Runtime, "get_var", get_var_signalled_halfway)
     with pytest.raises(Terminated):
-        simulate_lava(read_netx(path), random_spikes(0, 4, 10, (1, 1, 24)).astype(np.uint8), progress=False, copies=2)
+        simulate_lava(path, random_spikes(0, 4, 10, (1, 1, 24)).astype(np.uint8), progress=False, copies=2)
     assert len(received) == 1 + 5 * 4  # the read finished: 5 outputs x 4 samples
     assert FALLBACK not in capsys.readouterr().err
     assert set(multiprocessing.active_children()) <= children_before
@@ -249,7 +249,7 @@ def test_a_signal_after_a_run_finished_but_before_its_answer_was_read(tmp_path, 
     import numpy as np
     from lava.magma.runtime.runtime import Runtime
 
-    from sast_deploy.deploy.export import read_netx, write_netx
+    from sast_deploy.deploy.export import write_netx
     from sast_deploy.deploy.simulate import simulate_lava
     from sast_deploy.errors import Terminated
 
@@ -266,7 +266,7 @@ def test_a_signal_after_a_run_finished_but_before_its_answer_was_read(tmp_path, 
 
     monkeypatch.setattr(Runtime, "_get_resp_for_run", answer_read_late)
     with pytest.raises(Terminated):
-        simulate_lava(read_netx(path), random_spikes(0, 4, 10, (1, 1, 24)).astype(np.uint8), progress=False, copies=1,
+        simulate_lava(path, random_spikes(0, 4, 10, (1, 1, 24)).astype(np.uint8), progress=False, copies=1,
                       chunks=4)
     assert len(runs) == 2
     assert FALLBACK not in capsys.readouterr().err
@@ -283,7 +283,7 @@ def test_a_stop_that_hangs_is_timed_out_and_the_workers_killed(tmp_path, monkeyp
     from lava.magma.core.process.process import AbstractProcess
 
     from sast_deploy.deploy import lava_runtime
-    from sast_deploy.deploy.export import read_netx, write_netx
+    from sast_deploy.deploy.export import write_netx
     from sast_deploy.deploy.simulate import simulate_lava
 
     path = write_netx(random_mlp(0, (24, 12, 5), (300, 400), (410, 0)), tmp_path / "net.h5")
@@ -292,7 +292,7 @@ def test_a_stop_that_hangs_is_timed_out_and_the_workers_killed(tmp_path, monkeyp
     monkeypatch.setattr(lava_runtime, "STOP_TIMEOUT_S", 2.0)
     monkeypatch.setattr(lava_runtime.stop_runtime, "__defaults__", (2.0,))
     started = time.monotonic()
-    result = simulate_lava(read_netx(path), random_spikes(0, 4, 10, (1, 1, 24)).astype(np.uint8), progress=False)
+    result = simulate_lava(path, random_spikes(0, 4, 10, (1, 1, 24)).astype(np.uint8), progress=False)
     assert result.counts.shape == (4, 5) and time.monotonic() - started < 30
     assert "did not finish in 2 s" in capsys.readouterr().err
     assert set(multiprocessing.active_children()) <= children_before

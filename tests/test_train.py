@@ -29,7 +29,8 @@ def test_every_optimizer_trains_and_writes_a_run(tmp_path, small_data, optimizer
     _, data = small_data
     # without a validation split (its own tests are below): on these 320 recordings, 10 % fewer
     # leave SAM near chance for the first epochs, and this test is about every optimizer's loop
-    metrics = train(tiny_recipe(**{"optimizer.name": optimizer, "data.val_fraction": 0}), tmp_path, progress=False, data=data)
+    run = train(tiny_recipe(**{"optimizer.name": optimizer, "data.val_fraction": 0}), tmp_path, progress=False, data=data)
+    metrics = run.metrics
     on_disk = json.loads((tmp_path / "metrics.json").read_text())
     assert on_disk["transfer_gap_pp"] == pytest.approx(on_disk["surrogate_accuracy"] - on_disk["hard_accuracy"])
     assert len(on_disk["history"]) == 2 and on_disk["validation"] is None
@@ -41,11 +42,16 @@ def test_every_optimizer_trains_and_writes_a_run(tmp_path, small_data, optimizer
     model, recipe, saved = load_run(tmp_path)
     assert recipe.optimizer.name == optimizer and saved["hard_accuracy"] == metrics["hard_accuracy"]
     assert evaluate(model, data[1], ("hard",))["hard_accuracy"] == pytest.approx(metrics["hard_accuracy"])
+    # train returns the network it wrote: the weights load_run reads back, on the CPU, in eval mode
+    assert run.run_dir == tmp_path and not run.model.training
+    trained, saved_weights = run.model.state_dict(), model.state_dict()
+    assert trained.keys() == saved_weights.keys()
+    assert all(v.device.type == "cpu" and torch.equal(v, saved_weights[k]) for k, v in trained.items())
 
 
 def test_perturb_every_k_saves_passes(tmp_path, small_data):
     _, data = small_data
-    m = train(tiny_recipe(**{"optimizer.perturb_every": 2, "training.epochs": 1}), tmp_path, progress=False, data=data)
+    m = train(tiny_recipe(**{"optimizer.perturb_every": 2, "training.epochs": 1}), tmp_path, progress=False, data=data).metrics
     steps = -(-len(_train_part(data)) // 32)
     assert m["forward_backward_passes"] == 2 * ((steps + 1) // 2) + steps // 2
 
@@ -163,7 +169,7 @@ def test_conv_net_trains_on_event_frames(tmp_path, small_data):
     # the default conv net (conv stride 4 -> dense -> readout, no pooling layer); in
     # surrogate-forward mode it sits near chance for the first epochs before it learns
     recipe = tiny_recipe(**{"model.arch": "conv", "model.hidden": "[16]", "model.conv_channels": 4, "training.epochs": 8, "optimizer.name": "baseline"})
-    metrics = train(recipe, tmp_path, progress=False, data=data)
+    metrics = train(recipe, tmp_path, progress=False, data=data).metrics
     model, _, _ = load_run(tmp_path)
     assert [layer.kind for layer in model.layers] == ["conv", "dense", "dense"]
     assert metrics["surrogate_accuracy"] > 25  # chance: 10
@@ -172,9 +178,9 @@ def test_conv_net_trains_on_event_frames(tmp_path, small_data):
 def test_rerunning_a_finished_run_rewrites_its_outputs(tmp_path, small_data):
     _, data = small_data
     recipe = tiny_recipe(**{"training.epochs": 1})
-    first = train(recipe, tmp_path, progress=False, data=data)
+    first = train(recipe, tmp_path, progress=False, data=data).metrics
     (tmp_path / "metrics.json").unlink()
-    again = train(recipe, tmp_path, progress=False, data=data)  # resumes after the last epoch: nothing to train
+    again = train(recipe, tmp_path, progress=False, data=data).metrics  # resumes after the last epoch: nothing to train
     assert again["hard_accuracy"] == first["hard_accuracy"] and (tmp_path / "metrics.json").exists()
     assert again["forward_backward_passes"] == first["forward_backward_passes"]
 
@@ -182,14 +188,14 @@ def test_rerunning_a_finished_run_rewrites_its_outputs(tmp_path, small_data):
 def test_history_counts_passes_and_a_checkpoint_from_before_the_count_resumes_as_unknown(tmp_path, small_data):
     _, data = small_data
     recipe = tiny_recipe(**{"training.epochs": 2, "optimizer.name": "baseline"})
-    first = train(recipe, tmp_path, progress=False, data=data)
+    first = train(recipe, tmp_path, progress=False, data=data).metrics
     steps = -(-len(_train_part(data)) // 32)
     assert [h["forward_backward_passes"] for h in first["history"]] == [steps, 2 * steps]  # the run so far
     blob = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
     for row in blob["history"]:
         del row["forward_backward_passes"]  # as written before passes were counted
     torch.save(blob, tmp_path / "checkpoint.pt")
-    again = train(recipe, tmp_path, progress=False, data=data)
+    again = train(recipe, tmp_path, progress=False, data=data).metrics
     assert again["forward_backward_passes"] is None and again["hard_accuracy"] == first["hard_accuracy"]
 
 
@@ -227,7 +233,7 @@ def test_real_data_recipes_train_on_a_tree_in_tonics_layout(tmp_path, recipe, ge
     with pytest.raises(Exception, match="data_dir is required"):
         train(load_recipe(path, ["training.epochs=1"]), tmp_path / "none", progress=False)
     r = load_recipe(path, [f"data.data_dir={tmp_path / 'data'}", "training.epochs=1", "data.n_time_bins=10", "data.max_train=120"])
-    metrics = train(r, tmp_path / "run", progress=False)
+    metrics = train(r, tmp_path / "run", progress=False).metrics
     n_classes = 10 if recipe == "nmnist.toml" else 11
     files = len([f for f in (tmp_path / "data").rglob("*") if f.suffix in (".bin", ".npy") and "Test" not in str(f)])
     assert metrics["n_train"] + metrics["validation"]["n_samples"] == min(120, files)

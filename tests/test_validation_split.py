@@ -122,7 +122,7 @@ def test_epochs_read_the_validation_split_and_the_test_split_is_read_once(tmp_pa
     seen = []
     real = train_mod.evaluate
     monkeypatch.setattr(train_mod, "evaluate", lambda model, ds, *a, **k: seen.append(len(ds)) or real(model, ds, *a, **k))
-    metrics = train(tiny_recipe(**{"training.epochs": 3}), tmp_path, progress=False, data=splits)
+    metrics = train(tiny_recipe(**{"training.epochs": 3}), tmp_path, progress=False, data=splits).metrics
     assert seen == [len(splits.val)] * 3 + [len(splits.test)]
     assert all({"val_surrogate_accuracy", "val_hard_accuracy"} <= set(h) and "hard_accuracy" not in h for h in metrics["history"])
     v = metrics["validation"]
@@ -141,7 +141,7 @@ def test_epoch_callback_sees_each_epoch_and_its_exception_leaves_a_resumable_run
     _, data = small_data
     recipe = tiny_recipe(**{"training.epochs": 3})
     rows = []
-    straight = train(recipe, tmp_path / "straight", progress=False, data=data, epoch_callback=lambda e, r: rows.append((e, r)))
+    straight = train(recipe, tmp_path / "straight", progress=False, data=data, epoch_callback=lambda e, r: rows.append((e, r))).metrics
     assert [e for e, _ in rows] == [1, 2, 3] and [r for _, r in rows] == straight["history"]
 
     class Stop(Exception):
@@ -155,7 +155,7 @@ def test_epoch_callback_sees_each_epoch_and_its_exception_leaves_a_resumable_run
     with pytest.raises(Stop):
         train(recipe, tmp_path / "cut", progress=False, data=data, epoch_callback=stop_after_two)
     assert not (tmp_path / "cut" / "metrics.json").exists()
-    resumed = train(recipe, tmp_path / "cut", progress=False, data=data)
+    resumed = train(recipe, tmp_path / "cut", progress=False, data=data).metrics
     timeless = lambda history: [{k: v for k, v in row.items() if k != "train_seconds"} for row in history]  # noqa: E731
     assert timeless(resumed["history"]) == timeless(straight["history"])
     assert resumed["hard_accuracy"] == straight["hard_accuracy"] and resumed["validation"] == straight["validation"]
@@ -165,7 +165,7 @@ def test_epoch_callback_sees_each_epoch_and_its_exception_leaves_a_resumable_run
 def test_a_network_that_cannot_be_quantized_records_why(tmp_path, small_data):
     _, data = small_data
     # a first-layer threshold of 1e-6 rounds to 0 at any scale the weights allow
-    metrics = train(tiny_recipe(**{"training.epochs": 1, "model.v_th_scale": "[1e-6, 1.0]"}), tmp_path, progress=False, data=data)
+    metrics = train(tiny_recipe(**{"training.epochs": 1, "model.v_th_scale": "[1e-6, 1.0]"}), tmp_path, progress=False, data=data).metrics
     v = metrics["validation"]
     assert v["emulator_accuracy"] is None and v["emulator_synops_per_sample"] is None
     assert "threshold rounds to 0" in v["emulator_error"]

@@ -62,7 +62,7 @@ def train_demo(runs: Sequence[DemoRun], progress: bool = True, log=print) -> Lis
         if run.recipe.data != data_cfg:
             data, data_cfg = load_dataset(run.recipe.data, progress=progress), run.recipe.data
         log(f"\n== {run.label} ({run.recipe.training.epochs} epochs) -> {run.path}")
-        metrics.append(train(run.recipe, run.path, progress=progress, data=data))
+        metrics.append(train(run.recipe, run.path, progress=progress, data=data).metrics)
     return metrics
 
 

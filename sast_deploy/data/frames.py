@@ -26,7 +26,7 @@ import sys
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
-from typing import Callable, Deque, Iterable, Iterator, List, Optional, Sequence, Tuple, TypeVar
+from typing import Callable, Deque, Iterable, Iterator, List, Optional, Sequence, Tuple, TypeVar, Union
 
 import numpy as np
 import torch
@@ -137,6 +137,68 @@ class RowView:
 
 def packed_row_bytes(sample_shape: Sequence[int]) -> int:
     return -(-int(np.prod(sample_shape)) // 8)
+
+
+# --- frames as the deploy stages take them --------------------------------------------------
+
+#: Spike frames as :func:`~sast_deploy.deploy.emulator.emulate`,
+#: :func:`~sast_deploy.deploy.simulate.simulate_lava` and the comparison take them: a numpy
+#: array or a torch tensor [N, T, P, H, W] (N samples, T time bins, P polarities, H x W pixels;
+#: or [N, T, P*H*W] flattened), of any bool, integer or float dtype holding whole numbers of
+#: spikes per bin (0 or 1 from the datasets; a larger count is a graded input). What
+#: :meth:`FrameDataset.frames_at` returns is one.
+Frames = Union[np.ndarray, torch.Tensor]
+
+#: The largest count per bin: frames are held as uint8.
+FRAME_MAX = 255
+
+
+class FramesError(SastDeployError, ValueError):
+    """Frames handed to a deploy stage have the wrong shape, dtype or values."""
+
+
+def as_frames(frames: Frames, input_shape: Optional[Sequence[int]] = None, max_value: int = FRAME_MAX) -> torch.Tensor:
+    """``frames`` (:data:`Frames`) as the one type the deploy stages compute on: a CPU uint8
+    torch tensor [N, T, *input_shape] (a uint8 input is not copied). With ``input_shape`` (a
+    network's (P, H, W) or (features,)), the trailing dims must be it, or either side flat with
+    as many values. Values must be whole numbers in 0..``max_value``; else a FramesError."""
+    x = _as_tensor(frames)
+    if x.ndim < 3:
+        raise FramesError(f"frames must be [N, T, P, H, W] (or [N, T, features]), got shape {tuple(x.shape)}")
+    if input_shape is not None:
+        x = _fit_shape(x, tuple(int(s) for s in input_shape))
+    if x.dtype == torch.uint8 and max_value >= FRAME_MAX:
+        return x
+    if x.numel() and x.dtype != torch.bool:
+        lo, hi = float(x.min()), float(x.max())
+        whole = x.dtype.is_floating_point is False or bool(torch.equal(x, x.round()))
+        if not (whole and 0 <= lo and hi <= max_value):  # false for nan
+            raise FramesError(f"frames must hold whole numbers of spikes in 0..{max_value}, got {x.dtype} "
+                              f"values in [{lo:g}, {hi:g}]" + ("" if whole else " with fractions"))
+    return x.to(torch.uint8)
+
+
+def _as_tensor(frames: Frames) -> torch.Tensor:
+    if isinstance(frames, torch.Tensor):
+        x = frames.detach().cpu()
+    else:
+        array = np.asarray(frames)
+        if array.dtype.kind not in "biuf":
+            raise FramesError(f"frames must be a numeric array or tensor, got dtype {array.dtype}")
+        x = torch.from_numpy(np.ascontiguousarray(array))
+    if x.is_complex():
+        raise FramesError(f"frames must be real, got {x.dtype}")
+    return x
+
+
+def _fit_shape(x: torch.Tensor, input_shape: Tuple[int, ...]) -> torch.Tensor:
+    """[N, T, ...] reshaped to [N, T, *input_shape]: the same trailing shape, or one side flat."""
+    have = tuple(x.shape[2:])
+    if have == input_shape:
+        return x
+    if (len(have) == 1 or len(input_shape) == 1) and int(np.prod(have)) == int(np.prod(input_shape)):
+        return x.reshape(*x.shape[:2], *input_shape)
+    raise FramesError(f"frames of shape {tuple(x.shape)}: the network takes [N, T, {', '.join(map(str, input_shape))}]")
 
 
 # --- decoding in worker processes ------------------------------------------------------

@@ -1,5 +1,6 @@
 """Stage 8, comparison: float PyTorch, the fixed-point emulator and Lava's simulator, sample by
-sample, on a trained run. Writes ``compare.json`` and ``compare.md`` in the run directory.
+sample: :func:`compare` in memory (a model, its netx file, a test split), :func:`compare_run` on a
+trained run, which writes ``compare.json`` and ``compare.md`` in the run directory.
 
 Accuracies are percent; gaps are percentage points:
   transfer_gap_pp      surrogate − hard (float), full test split
@@ -22,13 +23,13 @@ import torch
 
 from ..data.datasets import FrameDataset, class_counts, load_dataset, stratified_subset
 from .emulator import Emulation, emulate
-from .export import precision_suffix, write_run_netx
+from .export import precision_suffix, read_netx, write_run_netx
 from .layers import layer_kind
 from ..fileio import atomic_write_text
 from ..lock import run_lock
 from ..training.model import SpikingNet, predict
 from .quantize import Loihi2Spec, QuantizationError, QuantizedNet, load_spec, quantize
-from .simulate import SimulationResult, simulate_lava
+from .simulate import SimulationResult, simulate_lava, simulate_quantized
 from ..distributed import distributed_context, is_rank_zero, rank_bounds
 from ..errors import RunError, one_line
 from ..training.evaluate import accuracy_pct, fraction, output_counts
@@ -97,36 +98,60 @@ def _compare_run(run_dir: Path, samples: int, progress: bool, spec: Loihi2Spec, 
     _, test = load_dataset(recipe.data, progress=progress)
     check_input(qnet, test, net_path, recipe.data.spec.n_classes)
     lava_idx = stratified_subset(test.labels.numpy(), samples, recipe.data.subset_seed)  # all when samples = 0
-    # under torchrun each rank emulates and simulates its contiguous slice; rank 0 gathers
-    emulation, lava = _emulate_and_simulate(qnet, test, lava_idx, rank, world, progress, copies)
-    result = {
-        "run": str(run_dir),
-        "weight_bits": spec.weight_bits,
-        "deployable": True,
-        "n_samples": len(lava_idx),
-        "n_test": len(test),
-        "lava_class_counts": class_counts(test.labels[lava_idx], recipe.data.spec.n_classes),  # the subset Lava ran
-        **_accuracies(model, test, emulation.counts, lava_idx, torch.from_numpy(np.concatenate([p.counts for p in lava]))),
-        "ranks": world,
-        **_lava_speed(lava, len(lava_idx)),
-        **emulation.activity(),  # SynOps and spike rates over the full test split (emulator)
-    }
+    result = {"run": str(run_dir), "weight_bits": spec.weight_bits, "deployable": True,
+              **_comparison(model, qnet, net_path, test, lava_idx, rank, world, progress, copies)}
     if rank == 0:
         atomic_write_text(run_dir / f"compare{suffix}.json", json.dumps(result, indent=2) + "\n")
         atomic_write_text(run_dir / f"compare{suffix}.md", compare_markdown([(run_dir.name, result)]))
     return result
 
 
-def _emulate_and_simulate(qnet: QuantizedNet, test: FrameDataset, lava_idx: np.ndarray, rank: int, world: int,
-                          progress: bool, copies: Optional[int]) -> Tuple[Emulation, List[SimulationResult]]:
+def compare(model: SpikingNet, net: str | Path, test: FrameDataset, samples: int = 500, subset_seed: int = 0,
+            progress: bool = True, copies: Optional[int] = None) -> Dict[str, object]:
+    """The float ``model``, the emulator and Lava, sample by sample, in memory: the netx file
+    ``net`` (``model`` exported, e.g. with :func:`sast_deploy.deploy.export.write_netx`) is
+    emulated on all of ``test`` and simulated on Lava on a class-stratified subset of ``samples``
+    (0: all; seeded by ``subset_seed``). Returns compare.json's fields (without ``run``,
+    ``weight_bits`` and ``deployable``): accuracies in percent, gaps in percentage points,
+    agreements as fractions of samples, Lava's speed, SynOps. Writes nothing
+    (:func:`compare_run` does the same for a run directory and writes compare.json)."""
+    net_path = Path(net)
+    qnet = read_netx(net_path)
+    check_input(qnet, test, net_path, model.n_classes)  # one output neuron per output of the float model
+    lava_idx = stratified_subset(test.labels.numpy(), samples, subset_seed)
+    return _comparison(model, qnet, net_path, test, lava_idx, 0, 1, progress, copies)
+
+
+def _comparison(model: SpikingNet, qnet: QuantizedNet, net_path: Path, test: FrameDataset, lava_idx: np.ndarray,
+                rank: int, world: int, progress: bool, copies: Optional[int]) -> Dict[str, object]:
+    """compare.json's measurements: ``qnet`` (the network in ``net_path``) emulated on all of
+    ``test``, ``net_path`` simulated on Lava on ``lava_idx``, both against the float ``model``.
+    Under torchrun each rank emulates and simulates its contiguous slice; rank 0 gathers."""
+    emulation, lava = _emulate_and_simulate(qnet, net_path, test, lava_idx, rank, world, progress, copies)
+    return {
+        "n_samples": len(lava_idx),
+        "n_test": len(test),
+        "lava_class_counts": class_counts(test.labels[lava_idx], qnet.n_classes),  # the subset Lava ran
+        **_accuracies(model, test, emulation.counts, lava_idx, torch.from_numpy(np.concatenate([p.counts for p in lava]))),
+        "ranks": world,
+        **_lava_speed(lava, len(lava_idx)),
+        **emulation.activity(),  # SynOps and spike rates over the full test split (emulator)
+    }
+
+
+def _emulate_and_simulate(qnet: QuantizedNet, net_path: Path, test: FrameDataset, lava_idx: np.ndarray, rank: int,
+                          world: int, progress: bool, copies: Optional[int]) -> Tuple[Emulation, List[SimulationResult]]:
     """This rank's slices (of the test split for the emulator, of ``lava_idx`` for Lava), then,
     under torchrun, every rank's: the emulation of the full test split and Lava's results in
-    sample order."""
+    sample order. Rank 0 simulates the file it wrote, ``net_path``; the others, which cannot
+    wait for it (no process group before Lava has run), a temporary export of the same ``qnet``."""
     lo, hi = rank_bounds(len(test), rank, world)
     emulation = emulate(qnet, test.frames_at(range(lo, hi)), progress=progress and rank == 0)
     lo, hi = rank_bounds(len(lava_idx), rank, world)
-    part = (simulate_lava(qnet, test.frames_at(lava_idx[lo:hi]).numpy(), progress=progress and rank == 0, copies=copies)
-            if hi > lo else None)
+    part = None
+    if hi > lo:
+        frames, kwargs = test.frames_at(lava_idx[lo:hi]), {"progress": progress and rank == 0, "copies": copies}
+        part = simulate_lava(net_path, frames, **kwargs) if rank == 0 else simulate_quantized(qnet, frames, **kwargs)
     if world > 1:
         distributed_context(torch.device("cpu"))
     return Emulation.merge(_gather(emulation, world)), [p for p in _gather(part, world) if p is not None]

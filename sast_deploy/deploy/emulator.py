@@ -20,6 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..data.frames import Frames, as_frames
 from ..functional.lif import LOIHI_STATE_BITS, exact_float, lif_step_fixed_point
 from .layers import layer_kind
 from .netx_weights import netx_dense_weights
@@ -229,11 +230,13 @@ def _batches(frames: torch.Tensor, batch_size: int, progress: bool):
         yield frames[start : start + batch_size]
 
 
-def emulate(net: Network, frames: torch.Tensor, batch_size: int = 256, progress: bool = False) -> Emulation:
-    """Run the emulator over frames [N, T, P, H, W]: output counts plus the activity that
-    SynOps (synaptic operations: each spike entering a layer times its fan-out) counts.
-    ``net``: a QuantizedNet, or a FixedPointNet built from one (its weights prepared once)."""
+def emulate(net: Network, frames: Frames, batch_size: int = 256, progress: bool = False) -> Emulation:
+    """Run the emulator over frames [N, T, P, H, W] (:func:`sast_deploy.data.frames.as_frames`):
+    output counts plus the activity that SynOps (synaptic operations: each spike entering a
+    layer times its fan-out) counts. ``net``: a QuantizedNet, or a FixedPointNet built from
+    one (its weights prepared once)."""
     emu = _fixed_point_net(net)
+    frames = as_frames(frames, emu.qnet.input_shape)
     qnet = emu.qnet
     fan = [fan_out(q) for q in qnet.layers]
     n_layers = len(qnet.layers)
@@ -252,10 +255,11 @@ def emulate(net: Network, frames: torch.Tensor, batch_size: int = 256, progress:
     return Emulation(all_counts, inputs, synops, spikes, neurons, len(frames), int(frames.shape[1]) if len(frames) else 0)
 
 
-def emulate_counts(net: Network, frames: torch.Tensor, batch_size: int = 256, progress: bool = False) -> torch.Tensor:
-    """Emulator output spike counts [N, classes] for uint8/float frames [N, T, P, H, W]
+def emulate_counts(net: Network, frames: Frames, batch_size: int = 256, progress: bool = False) -> torch.Tensor:
+    """Emulator output spike counts [N, classes] for frames [N, T, P, H, W]
     (:func:`emulate` without the activity statistics). ``net`` as for :func:`emulate`."""
     emu = _fixed_point_net(net)
+    frames = as_frames(frames, emu.qnet.input_shape)
     counts = [emu.run(x) for x in _batches(frames, batch_size, progress)]
     return torch.cat(counts) if counts else torch.zeros(0, emu.qnet.n_classes, dtype=torch.int64)
 

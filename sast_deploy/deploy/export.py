@@ -59,7 +59,7 @@ def export_run(run_dir: str | Path, out: Optional[str | Path] = None, spec: Opti
     from ..training.runs import load_run
 
     if target not in EXPORT_TARGETS:
-        raise QuantizationError(f"unknown export target {target!r}; known: {', '.join(EXPORT_TARGETS)}")
+        raise QuantizationError(f"unknown target {target!r}; known: {', '.join(EXPORT_TARGETS)}")
     model, recipe, _ = load_run(run_dir)
     out = Path(out) if out else Path(run_dir) / ("net.h5" if target == "lava" else f"net.{target}")
     if target == "nir":
@@ -80,6 +80,20 @@ def write_run_netx(qnet: QuantizedNet, run_dir: str | Path, out: str | Path, met
     report = {"net": str(out), "target": qnet.spec.name, "layers": qnet.report()}
     atomic_write_text(Path(run_dir) / "quantization.json", json.dumps(report, indent=2) + "\n")
     return report
+
+
+def export_markdown(report: Dict[str, object]) -> str:
+    """What ``sast-deploy export`` prints for :func:`export_run`'s ``report``: the file written
+    and, for the lava target, the per-layer quantization table (scale: integer units per float
+    unit; mean abs quant error in float weight units)."""
+    lines = [f"wrote {report['net']} ({report['target']})"]
+    if "layers" in report:
+        lines += ["| layer | kind | weights | scale | vThMant | vDecay | clipped | mean abs quant error | warnings |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        lines += [f"| {r['layer']} | {r['kind']} | {r['shape']} | {r['scale']:.1f} | {r['vth_mant']} | {r['v_decay']} | "
+                  f"{r['clipped_weights']} | {r['mean_abs_quant_error']:.2e} | {'; '.join(r['warnings']) or '-'} |"
+                  for r in report["layers"]]
+    return "\n".join(lines) + "\n"
 
 
 # --- writing ------------------------------------------------------------------------------

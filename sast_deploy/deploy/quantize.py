@@ -21,7 +21,7 @@ Lava's simulator cross-checks it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
@@ -74,6 +74,17 @@ def load_spec(path: Optional[str | Path] = None) -> Loihi2Spec:
         return Loihi2Spec.from_toml(path)
     default = default_spec_path()  # export/loihi2.toml as the package ships it
     return Loihi2Spec.from_toml(default) if default.is_file() else Loihi2Spec()
+
+
+def with_weight_bits(spec: Loihi2Spec, weight_bits: Optional[int]) -> Loihi2Spec:
+    """``spec`` with ``weight_bits``-bit weight mantissas, named ``<name>-w<bits>`` (``spec`` itself
+    for None); bits outside the target's range are a QuantizationError."""
+    if weight_bits is None:
+        return spec
+    try:
+        return replace(spec, weight_bits=weight_bits, name=f"{spec.name}-w{weight_bits}")
+    except QuantizationError as exc:
+        raise QuantizationError(f"target {spec.name}: {exc}") from None
 
 
 @dataclass

@@ -23,7 +23,8 @@ import numpy as np
 
 from ..configs import default_hardware_path
 from ..errors import SastDeployError
-from .export import write_netx
+from ..data.frames import Frames, as_frames
+from .export import read_netx, write_netx
 from .layers import layer_kind
 from .lava_runtime import lava_runtime, read_var
 from .quantize import QuantizedNet
@@ -78,6 +79,10 @@ class SimulationResult:
         return self.timesteps / self.seconds if self.seconds > 0 else float("nan")
 
 
+#: The largest spike count per bin the source plays: :func:`input_buffer` holds int8.
+LAVA_INPUT_MAX = int(np.iinfo(np.int8).max)
+
+
 def input_buffer(frames: np.ndarray, first_kind: str, n_layers: int) -> np.ndarray:
     """Source data for N samples of T frames [N, T, P, H, W]: a window of T + L steps per
     sample, time last; (features, N * R) for a dense first layer, (W, H, P, N * R) for conv."""
@@ -129,12 +134,15 @@ def resolve_copies(qnet: QuantizedNet, copies: Optional[int], n_samples: int) ->
 
 
 def simulate_lava(
-    qnet: QuantizedNet, frames: np.ndarray, progress: bool = True, chunks: Optional[int] = None,
+    net: str | Path, frames: Frames, progress: bool = True, chunks: Optional[int] = None,
     hardware: Optional[SimulatorConfig] = None, copies: Optional[int] = None, event_driven: bool = True,
 ) -> SimulationResult:
-    """Run ``frames`` [N, T, P, H, W] (binary) through ``qnet`` on Lava's simulator, in the
-    process graph lava-dl netx builds from the network's HDF5 export (written to a temporary
-    file here, since netx reads files).
+    """Run ``frames`` (binary spikes [N, T, P, H, W], :func:`sast_deploy.data.frames.as_frames`)
+    through the netx HDF5 network file ``net`` on Lava's simulator, in the process graph lava-dl
+    netx builds from that very file. The file is validated first
+    (:func:`sast_deploy.deploy.export.read_netx`: every field, within the target's ranges) so that
+    Lava never sees a malformed one; an in-memory network goes through a file too
+    (:func:`simulate_quantized`).
 
     ``event_driven`` selects the event-driven Dense model
     (:class:`sast_deploy.deploy.lava.models.PyEventDenseModel`) through the run config; False runs
@@ -143,7 +151,12 @@ def simulate_lava(
     (:class:`sast_deploy.deploy.lava.process.CopiesNetwork`; None: :func:`resolve_copies`'s default,
     1 with the stock model). Outputs are bit-identical in all cases.
     """
-    frames = np.asarray(frames)
+    if isinstance(net, QuantizedNet):
+        raise TypeError("simulate_lava takes the path of a netx HDF5 file (Lava reads files): "
+                        "write_netx(qnet, path) first, or call simulate_quantized(qnet, frames)")
+    net_path = Path(net)
+    qnet = read_netx(net_path)
+    frames = as_frames(frames, qnet.input_shape, max_value=LAVA_INPUT_MAX).numpy()
     n = len(frames)
     if n == 0:
         raise SimulationError("no samples to simulate")
@@ -151,11 +164,17 @@ def simulate_lava(
     if copies > 1 and not event_driven:
         raise SimulationError("K copies per graph use the event-driven models (event_driven=True)")
     grouped = group_copies(frames, copies) if copies > 1 else frames
-    with tempfile.TemporaryDirectory(prefix="sast-deploy-lava-") as tmp:
-        net_path = write_netx(qnet, Path(tmp) / "net.h5")
-        res = _simulate_graph(qnet, net_path, grouped, progress, chunks, hardware, copies, event_driven)
+    res = _simulate_graph(qnet, net_path, grouped, progress, chunks, hardware, copies, event_driven)
     res.counts = res.counts.reshape(-1, res.counts.shape[1] // copies)[:n]  # [G, K*C] -> [G*K, C], sample order
     return res
+
+
+def simulate_quantized(qnet: QuantizedNet, frames: Frames, **kwargs) -> SimulationResult:
+    """:func:`simulate_lava` of an in-memory network: ``qnet`` written to a temporary netx
+    file (:func:`sast_deploy.deploy.export.write_netx`), and that file simulated. ``kwargs``
+    as for :func:`simulate_lava`."""
+    with tempfile.TemporaryDirectory(prefix="sast-deploy-lava-") as tmp:
+        return simulate_lava(write_netx(qnet, Path(tmp) / "net.h5"), frames, **kwargs)
 
 
 @dataclass

@@ -241,6 +241,18 @@ def epoch_row(tr: Trainer, epoch: int, loss: float, passes: Optional[int], train
 # --- the run ---------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class TrainedRun:
+    """What :func:`train` returns: the trained network (on the CPU, in eval mode, as
+    :func:`sast_deploy.training.runs.load_run` reads it back), ``metrics`` as written to
+    metrics.json (accuracies in percent, the gap in percentage points, the per-epoch history)
+    and the run directory holding both."""
+
+    model: SpikingNet
+    metrics: Dict[str, object]
+    run_dir: Path
+
+
 def train(
     recipe: Recipe,
     out_dir: str | Path,
@@ -250,9 +262,10 @@ def train(
     log: Callable[[str], None] = print,
     epoch_callback: Optional[EpochCallback] = None,
     evaluate_test: bool = True,
-) -> Dict[str, object]:
-    """Train a recipe into ``out_dir``; returns the metrics written to metrics.json. The run
-    directory is locked while training (see :mod:`sast_deploy.lock`; rank 0 holds it).
+) -> TrainedRun:
+    """Train a recipe into ``out_dir``; returns the trained network, the metrics written to
+    metrics.json and the run directory (:class:`TrainedRun`). The run directory is locked while
+    training (see :mod:`sast_deploy.lock`; rank 0 holds it).
 
     ``data``: the splits (default: :func:`sast_deploy.data.datasets.load_splits` of the
     recipe); a (training recordings, test) pair has its validation split cut by the recipe.
@@ -265,7 +278,8 @@ def train(
     out_dir = Path(out_dir)
     check_training(recipe)  # before the run directory, the lock and the data
     with run_lock(out_dir, "train") if is_rank_zero() else contextlib.nullcontext():
-        return _train(recipe, out_dir, progress, resume, data, log, epoch_callback, evaluate_test)
+        model, metrics = _train(recipe, out_dir, progress, resume, data, log, epoch_callback, evaluate_test)
+    return TrainedRun(model=model, metrics=metrics, run_dir=out_dir)
 
 
 def _datasets(recipe: Recipe, data: Optional[TrainData], progress: bool) -> DatasetSplits:
@@ -298,7 +312,7 @@ def _trainer(recipe: Recipe, out_dir: Path, device: torch.device, data: DatasetS
 
 def _train(recipe: Recipe, out_dir: Path, progress: bool, resume: bool, data: Optional[TrainData],
            log: Callable[[str], None], epoch_callback: Optional[EpochCallback],
-           evaluate_test: bool = True) -> Dict[str, object]:
+           evaluate_test: bool = True) -> Tuple[SpikingNet, Dict[str, object]]:
     from tqdm import tqdm
 
     device = resolve_device(recipe.training.device)  # before the data: a bad device fails fast
@@ -327,7 +341,7 @@ def _train(recipe: Recipe, out_dir: Path, progress: bool, resume: bool, data: Op
     metrics = final_metrics(tr, history, train_seconds, evaluate_test)
     if tr.rank == 0:
         save_run(out_dir, tr.net, recipe, metrics)
-    return metrics
+    return tr.net.cpu().eval(), metrics
 
 
 def final_metrics(tr: Trainer, history: History, train_seconds: float, evaluate_test: bool = True) -> Dict[str, object]:

@@ -223,7 +223,7 @@ class TrialRunner:
 
         try:
             return train(recipe, run_dir, progress=self.progress, data=self.data(recipe), log=self.log,
-                         epoch_callback=self._epoch_callback(trial), evaluate_test=False)
+                         epoch_callback=self._epoch_callback(trial), evaluate_test=False).metrics
         except (RunError, QuantizationError) as exc:  # diverged, or a network that cannot be deployed
             trial.set_user_attr("error", one_line(exc))
             raise TrialFailed(one_line(exc)) from None
