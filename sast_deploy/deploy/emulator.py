@@ -316,12 +316,13 @@ def emulate(net: Network, frames: torch.Tensor, batch_size: int = 256, progress:
     for x in _batches(frames, batch_size, progress):
         c, layer_spikes = emu.run(x, record=True)
         counts.append(c)
-        entering = [x] + layer_spikes[:-1]  # each [B, T, ...]
+        # spikes per neuron of the input and of each layer: layer i's input is layer i - 1's output
+        per_neuron = [_spikes_per_input(s) for s in [x] + layer_spikes]  # each [B, T, ...] summed over B and T
         for i in range(n_layers):
-            per_input = _spikes_per_input(entering[i]).reshape(fan[i].shape)
+            per_input = per_neuron[i].reshape(fan[i].shape)
             inputs[i] += float(per_input.sum())
             synops[i] += float((per_input * fan[i]).sum())
-            spikes[i] += float(layer_spikes[i].sum(dtype=torch.int64))
+            spikes[i] += float(per_neuron[i + 1].sum())  # integers below 2^53: exact
     neurons = [int(np.prod(q.out_shape)) for q in qnet.layers]
     all_counts = torch.cat(counts) if counts else torch.zeros(0, qnet.n_classes, dtype=torch.int64)
     return Emulation(all_counts, inputs, synops, spikes, neurons, len(frames), int(frames.shape[1]) if len(frames) else 0)
