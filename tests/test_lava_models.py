@@ -236,6 +236,27 @@ def test_event_driven_conv_synapse_is_the_integer_conv(case, density, payload):
         assert max_sum > 0
 
 
+@pytest.mark.parametrize("threads", [2, 3])
+def test_emulator_splits_rows_across_threads_exactly(threads):
+    """torch.get_num_threads() > 1: the conv rows and the LIF's samples go to threads in
+    slices (7 samples in 3 uneven slices); the counts and the recorded spikes are those of
+    one thread."""
+    qnet = random_conv_net(50, channels=6, kernel=(2, 3), stride=(2, 1), padding=(0, 1), groups=2, vths=(100, 60, 100))
+    frames = torch.from_numpy(random_spikes(51, 7, 9, qnet.input_shape, 0.3))
+    emulator = FixedPointNet(qnet)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        counts, spikes = emulator.run(frames, record=True)
+        torch.set_num_threads(threads)
+        threaded, threaded_spikes = emulator.run(frames, record=True)
+    finally:
+        torch.set_num_threads(before)
+    assert torch.equal(threaded, counts) and all(torch.equal(a, b) for a, b in zip(threaded_spikes, spikes))
+    np.testing.assert_array_equal(counts.numpy(), _reference_counts(qnet, frames.numpy()))
+    assert counts.sum() > 0
+
+
 def test_emulator_refuses_frames_that_are_not_integers():
     qnet = random_conv_net(0)
     frames = torch.from_numpy(random_spikes(1, 2, 3, qnet.input_shape)).float()

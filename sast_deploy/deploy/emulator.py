@@ -13,8 +13,10 @@ Dense layers hold exactly the weights Lava's Dense model holds (:mod:`sast_deplo
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence, Union
+from typing import Callable, Dict, List, Optional, Sequence, Union
 
 import numba
 import numpy as np
@@ -116,8 +118,9 @@ class _ConvSynapse:
             raise QuantizationError(f"{self.name}: sums up to {worst} exceed int64")
         acc = np.dtype(np.int32 if worst < 1 << 31 else np.int64)
         out = np.empty((x.shape[0], int(np.prod(self.q.out_shape))), acc)
-        _scatter_conv_rows(x, self.indptr, self.bases, self.vectors, self.weights[acc], self.per_group,
-                           self.q.out_shape[1] * self.q.out_shape[2], worst >= 1 << (LOIHI_STATE_BITS - 1), out)
+        weights, n_pos, wrap = self.weights[acc], self.q.out_shape[1] * self.q.out_shape[2], worst >= 1 << (LOIHI_STATE_BITS - 1)
+        _split_rows(x.shape[0], lambda lo, hi: _scatter_conv_rows(x[lo:hi], self.indptr, self.bases, self.vectors, weights,
+                                                                  self.per_group, n_pos, wrap, out[lo:hi]))
         return torch.from_numpy(out).reshape(x.shape[0], *self.q.out_shape)
 
 
@@ -206,6 +209,24 @@ def _scatter_conv_rows(spikes, indptr, bases, vectors, weights, per_group, n_pos
                         dst[p] = src[p]
 
 
+_POOL: Dict[int, ThreadPoolExecutor] = {}  # by thread count; dropped in forked children (their threads are not)
+os.register_at_fork(after_in_child=_POOL.clear)
+
+
+def _split_rows(n_rows: int, work: Callable[[int, int], object]) -> None:
+    """work(lo, hi) over [0, n_rows) in torch.get_num_threads() contiguous slices at once:
+    the compiled kernels release the GIL, so Python threads run them in parallel (numba's own
+    parallel loops would need a threading layer that is not safe in the processes Lava forks)."""
+    threads = max(1, min(torch.get_num_threads(), n_rows))
+    if threads == 1:
+        work(0, n_rows)
+        return
+    pool = _POOL.setdefault(threads, ThreadPoolExecutor(threads, thread_name_prefix="emulator"))
+    bounds = np.linspace(0, n_rows, threads + 1).astype(int)
+    for job in [pool.submit(work, lo, hi) for lo, hi in zip(bounds[:-1], bounds[1:])]:
+        job.result()
+
+
 class FixedPointNet:
     """Bit-exact PyTorch emulation of the exported network as Lava runs it.
 
@@ -232,11 +253,19 @@ class FixedPointNet:
             b, n_t = spikes.shape[:2]
             rows = spikes.reshape(b * n_t, *spikes.shape[2:])
             a_all = synapse(rows, max_payload=None if i == 0 else 1)  # all steps at once; a LIF's spikes are 0/1
-            spikes = lif_run_fixed_point(a_all.reshape(b, n_t, *a_all.shape[1:]), q.v_decay, q.vth_mant)
+            spikes = _lif_spikes(a_all.reshape(b, n_t, *a_all.shape[1:]), q)
             if record:
                 recorded.append(spikes)
         counts = spikes.sum(1, dtype=torch.int64).reshape(spikes.shape[0], -1)
         return (counts, recorded) if record else counts
+
+
+def _lif_spikes(a: torch.Tensor, q: QuantizedLayer) -> torch.Tensor:
+    """Layer q's LIF over its synaptic input a [B, T, ...] -> spikes [B, T, ...] uint8, the
+    samples split across threads."""
+    spikes = torch.empty(a.shape, dtype=torch.uint8)
+    _split_rows(a.shape[0], lambda lo, hi: lif_run_fixed_point(a[lo:hi], q.v_decay, q.vth_mant, out=spikes[lo:hi]))
+    return spikes
 
 
 def fan_out(q: QuantizedLayer) -> torch.Tensor:

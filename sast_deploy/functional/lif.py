@@ -264,12 +264,17 @@ def _lif_run_fixed_point(a: np.ndarray, decay_keep: int, threshold: int, spikes:
                 s_t[i], v[i] = _lif_neuron_step_fixed_point(a_t[i], v[i], decay_keep, threshold)
 
 
-def lif_run_fixed_point(a_in: torch.Tensor, dv: int, vth_mant: int) -> torch.Tensor:
+def lif_run_fixed_point(a_in: torch.Tensor, dv: int, vth_mant: int, out: Optional[torch.Tensor] = None) -> torch.Tensor:
     """:func:`lif_step_fixed_point` over time from rest: ``a_in`` [B, T, ...] integer synaptic
-    input (int32 or int64; int64 arithmetic inside) -> spikes [B, T, ...] uint8."""
+    input (int32 or int64; int64 arithmetic inside) -> spikes [B, T, ...] uint8, written into
+    ``out`` (contiguous, a_in's shape) when given. Releases the GIL: samples can be split
+    across threads."""
     if a_in.is_floating_point() or a_in.dtype == torch.bool:
         raise TypeError(f"synaptic input must be integers, got {a_in.dtype}")
     a = np.ascontiguousarray(a_in.reshape(a_in.shape[0], a_in.shape[1], -1).numpy())
-    spikes = np.empty(a.shape, np.uint8)
-    _lif_run_fixed_point(a, LOIHI_DECAY_UNITY - int(dv), int(vth_mant) << LOIHI_ACT_SHIFT, spikes)
-    return torch.from_numpy(spikes).reshape(a_in.shape)
+    if out is None:
+        out = torch.empty(a_in.shape, dtype=torch.uint8)
+    if out.dtype != torch.uint8 or out.shape != a_in.shape or not out.is_contiguous():
+        raise ValueError(f"out must be a contiguous uint8 tensor shaped {tuple(a_in.shape)}")
+    _lif_run_fixed_point(a, LOIHI_DECAY_UNITY - int(dv), int(vth_mant) << LOIHI_ACT_SHIFT, out.numpy().reshape(a.shape))
+    return out
