@@ -198,11 +198,11 @@ SYNAPSE_CASES = [  # (C_in, H, W, C_out, kernel, stride, padding, groups, weight
 
 @pytest.mark.parametrize("case", SYNAPSE_CASES)
 @pytest.mark.parametrize("density", [0.0, 0.05, 1.0])
-@pytest.mark.parametrize("payload", ["binary", "uint8", "int64"])
+@pytest.mark.parametrize("payload", ["binary", "uint8", "int8", "int64"])
 def test_event_driven_conv_synapse_is_the_integer_conv(case, density, payload):
     """The emulator's conv synapse (a scatter of weight vectors) against an exact conv2d in
     float64 (|sums| < 2^53 here) plus PyConvModelFixed's 24-bit wrap: extreme weights, every
-    input silent or spiking, graded payloads (up to 255 in uint8, negative ones in int64)."""
+    input silent or spiking, graded payloads (up to 255 in uint8, negative ones in int8 and int64)."""
     from sast_deploy.deploy.emulator import _ConvSynapse
     from sast_deploy.deploy.quantize import QuantizedLayer
 
@@ -216,6 +216,9 @@ def test_event_driven_conv_synapse_is_the_integer_conv(case, density, payload):
     if payload == "uint8":
         x *= rng.integers(1, 256, size=x.shape).astype(np.uint8)
         x.flat[0] = 255
+    elif payload == "int8":  # -128: its magnitude is past int8
+        x = (x * rng.integers(-128, 128, size=x.shape)).astype(np.int8)
+        x.flat[0] = -128
     elif payload == "int64":
         x = x * rng.integers(-1000, 1000, size=x.shape)
     exact = F.conv2d(torch.from_numpy(x).double(), torch.from_numpy(weight).double(), stride=stride, padding=padding,
@@ -226,7 +229,7 @@ def test_event_driven_conv_synapse_is_the_integer_conv(case, density, payload):
     assert torch.equal(got.to(torch.int64), expected)
     max_sum = int(exact.abs().max()) if density else 0
     # the documented bound: max over outputs of sum |w|, times max |payload|
-    bound = int(np.abs(weight).reshape(c_out, -1).sum(1).max()) * (1 if payload == "binary" else int(np.abs(x).max()))
+    bound = int(np.abs(weight).reshape(c_out, -1).sum(1).max()) * (1 if payload == "binary" else int(np.abs(x.astype(np.int64)).max()))
     assert got.dtype == (torch.int64 if bound >= 1 << 31 else torch.int32)
     if top >= 1 << 28 and (density or payload == "binary"):
         assert got.dtype == torch.int64  # the int64 accumulator is exercised

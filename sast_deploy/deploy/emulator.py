@@ -1,15 +1,17 @@
-"""The bit-exact emulator: the quantized network (:mod:`sast_deploy.deploy.quantize`) run in PyTorch
-with the integer arithmetic of Lava's fixed-point models, batched over samples, plus the
-activity SynOps counts. Lava's simulator (:mod:`sast_deploy.deploy.simulate`) cross-checks it.
+"""The bit-exact emulator: the quantized network (:mod:`sast_deploy.deploy.quantize`) run with
+the integer arithmetic of Lava's fixed-point models, batched over samples, plus the activity
+SynOps counts. Lava's simulator (:mod:`sast_deploy.deploy.simulate`) cross-checks it.
 
-Why it is exact: every synaptic input is an integer sum of integer weights. It is computed
-in floating point only where every partial sum is an integer that the float type represents
-exactly (:func:`exact_float_dtype`), so no sum is ever rounded, in any order of summation;
-it is then converted to int64, shifted by netx's weight exponent (a floor, as Lava's
-``np.right_shift``) or wrapped to 24 bits (conv), and the LIF update is int64
-(:func:`sast_deploy.functional.lif.lif_step_fixed_point`, Lava's ``PyLifModelBitAcc``).
-Dense layers hold exactly the weights Lava's Dense model holds (:mod:`sast_deploy.deploy.netx_weights`).
-"""
+Why it is exact: every synaptic input is an integer sum of integer weights times integer
+payloads. Dense layers sum in floating point only where every partial sum is an integer that
+the float type represents exactly (:func:`exact_float_dtype`), so no sum is ever rounded, in
+any order of summation, then convert to int64 and shift by netx's weight exponent (a floor,
+as Lava's ``np.right_shift``); they hold exactly the weights Lava's Dense model holds
+(:mod:`sast_deploy.deploy.netx_weights`). Conv and sum-pool layers sum in int32 or int64,
+whichever their worst sum fits (:class:`_ConvSynapse`), then wrap to 24 bits as
+``PyConvModelFixed``. The LIF update is int64, Lava's ``PyLifModelBitAcc``
+(:func:`sast_deploy.functional.lif.lif_run_fixed_point`, the time loop of
+:func:`~sast_deploy.functional.lif.lif_step_fixed_point`)."""
 
 from __future__ import annotations
 
@@ -82,14 +84,14 @@ class _ConvSynapse:
     """Conv or sum-pool as ``PyConvModelFixed`` computes it (raw integer weights, no
     truncation, output wrapped to 24 bits), event-driven as Loihi runs it: each spiking input
     adds its weights, times its payload, to the outputs it reaches, so the work is the
-    synaptic events, not a convolution of the whole frame (at 5 % input spikes a float32
-    ``conv2d`` did 20x the arithmetic, plus two dtype conversions of the whole batch).
+    synaptic events, not a convolution of the whole frame (which float32 ``conv2d`` did, plus
+    two dtype conversions of the whole batch: README, "Simulation speed").
 
     The table (:func:`_conv_fan_out`) holds, per input neuron, the output positions it reaches
-    and, for each, the index of the weight vector over the ``L`` = C_out / groups output
-    channels of its group; the kernel (:func:`_scatter_conv_rows`) adds these vectors into a
-    per-row accumulator laid out (y, x, channel), so that each add is one contiguous vector,
-    and writes the row out in torch's (channel, y, x) order.
+    and, for each, the index of the weight vector over the L = C_out / groups output channels
+    of its group; the kernel (:func:`_scatter_conv_rows`) adds these vectors into a per-row
+    accumulator laid out (group, y, x, channel in group), so that each add is one contiguous
+    vector, and writes the row out in torch's (channel, y, x) order.
 
     Exact, in integers: every output sums at most fan_in terms w * s, so its magnitude is at
     most ``worst`` = max over outputs of sum |w| (the table's bound) times max |s|. The
@@ -102,9 +104,10 @@ class _ConvSynapse:
         self.indptr, self.bases, self.vectors, weights = _conv_fan_out(q)
         self.per_group = weights.shape[1]
         self.weights = {np.dtype(t): weights.reshape(-1).astype(t) for t in (np.int32, np.int64)}
-        self.worst = int(np.abs(q.weight).reshape(q.weight.shape[0], -1).sum(1).max(initial=0))  # for binary spikes
-        if int(np.abs(q.weight).max(initial=0)) >= 1 << 31:
-            raise QuantizationError(f"{name}: weights past 32 bits")
+        # the worst sum for binary spikes, in Python integers (no int64 overflow however large the weights);
+        # the int32 weights are used only when it is below 2^31, so they hold every weight exactly
+        magnitudes = np.abs(q.weight.astype(object)).reshape(q.weight.shape[0], -1)
+        self.worst = int(max(magnitudes.sum(1), default=0))
 
     def __call__(self, s: torch.Tensor, max_payload: Optional[int] = None) -> torch.Tensor:
         """s [M, C, H, W] integer spikes or payloads -> synaptic input [M, C_out, H_out, W_out]
@@ -112,7 +115,7 @@ class _ConvSynapse:
         caller knows one (1 for the spikes of a LIF layer), else it is computed."""
         x = _integer_rows(s)
         if max_payload is None:
-            max_payload = int(np.abs(x).max(initial=0)) if x.dtype != np.uint8 else int(x.max(initial=0))
+            max_payload = max(int(x.max(initial=0)), -int(x.min(initial=0)))  # no abs: it overflows at int8's -128
         worst = self.worst * max_payload
         if worst >= 1 << 63:
             raise QuantizationError(f"{self.name}: sums up to {worst} exceed int64")
