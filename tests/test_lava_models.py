@@ -239,6 +239,19 @@ def test_event_driven_conv_synapse_is_the_integer_conv(case, density, payload):
         assert max_sum > 0
 
 
+def test_conv_synapse_refuses_sums_past_int64():
+    from sast_deploy.deploy.emulator import _ConvSynapse
+    from sast_deploy.deploy.quantize import QuantizationError, QuantizedLayer
+
+    weight = np.array([[[[1 << 61, 1 << 61], [(1 << 61) + 3, 0]]]])  # binary sums up to 3 * 2^61 + 3 < 2^63
+    q = QuantizedLayer("conv", weight, 100, 0, 4096, 1.0, (1, 3, 3), (1, 2, 2))
+    x = torch.ones((1, 1, 3, 3), dtype=torch.uint8)
+    a = _ConvSynapse(q, "conv")(x)
+    assert a.dtype == torch.int64 and a.tolist() == [[[[3, 3], [3, 3]]]]  # 3 * 2^61 + 3 wrapped to 24 bits
+    with pytest.raises(QuantizationError, match="layer 0 .conv.: sums up to .* exceed int64"):
+        _ConvSynapse(q, "layer 0 (conv)")(x * 2)
+
+
 @pytest.mark.parametrize("threads", [2, 3])
 def test_emulator_splits_rows_across_threads_exactly(threads):
     """torch.get_num_threads() > 1: the conv rows and the LIF's samples go to threads in
