@@ -225,7 +225,8 @@ def test_event_driven_conv_synapse_is_the_integer_conv(case, density, payload):
                      groups=groups).to(torch.int64)
     half = 1 << (LOIHI_STATE_BITS - 1)
     expected = torch.remainder(exact + half, 2 * half) - half
-    got = _ConvSynapse(q, "conv")(torch.from_numpy(x), max_payload=1 if payload == "binary" else None)
+    x_in = torch.from_numpy(x).bool() if payload == "binary" else torch.from_numpy(x)  # bool: binary by type
+    got = _ConvSynapse(q, "conv")(x_in)
     assert torch.equal(got.to(torch.int64), expected)
     max_sum = int(exact.abs().max()) if density else 0
     # the documented bound: max over outputs of sum |w|, times max |payload|

@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional, Sequence, Union
+from typing import Callable, Dict, List, Sequence, Union
 
 import numba
 import numpy as np
@@ -54,11 +54,10 @@ class _DenseSynapse:
         dtype = exact_float_dtype(ws.shape[1] * int(np.abs(ws).max()), name)
         self.columns = torch.from_numpy(np.ascontiguousarray(ws.T)).to(dtype)  # [n_in, n_out]: row j = column j of W
 
-    def __call__(self, s: torch.Tensor, max_payload: Optional[int] = None) -> torch.Tensor:
-        """s [M, ...] integer spikes -> int64 synaptic input [M, n_out]. ``max_payload``: a
-        bound on |s| when the caller knows one (1: binary spikes)."""
+    def __call__(self, s: torch.Tensor) -> torch.Tensor:
+        """s [M, ...] integer spikes (bool: binary by type) -> int64 synaptic input [M, n_out]."""
         s = s.reshape(s.shape[0], -1)
-        if max_payload != 1 and s.numel() and (int(s.max()) > 1 or int(s.min()) < 0):  # graded: a plain product
+        if s.dtype != torch.bool and s.numel() and (int(s.max()) > 1 or int(s.min()) < 0):  # graded: a plain product
             a = (s.to(torch.float64) @ self.columns.to(torch.float64)).to(torch.int64)  # exact below 2^53
         else:
             inputs, offsets = _spiking_inputs(s)
@@ -109,13 +108,12 @@ class _ConvSynapse:
         magnitudes = np.abs(q.weight.astype(object)).reshape(q.weight.shape[0], -1)
         self.worst = int(max(magnitudes.sum(1), default=0))
 
-    def __call__(self, s: torch.Tensor, max_payload: Optional[int] = None) -> torch.Tensor:
-        """s [M, C, H, W] integer spikes or payloads -> synaptic input [M, C_out, H_out, W_out]
-        (int32, or int64 where the sums need it). ``max_payload``: a bound on |s| when the
-        caller knows one (1 for the spikes of a LIF layer), else it is computed."""
+    def __call__(self, s: torch.Tensor) -> torch.Tensor:
+        """s [M, C, H, W] integer spikes or payloads (bool: binary by type, as the LIF layers
+        pass their spikes) -> synaptic input [M, C_out, H_out, W_out], int32, or int64 where
+        the sums need it."""
         x = _integer_rows(s)
-        if max_payload is None:
-            max_payload = max(int(x.max(initial=0)), -int(x.min(initial=0)))  # no abs: it overflows at int8's -128
+        max_payload = 1 if s.dtype == torch.bool else max(int(x.max(initial=0)), -int(x.min(initial=0)))  # no abs: int8's -128
         worst = self.worst * max_payload
         if worst >= 1 << 63:
             raise QuantizationError(f"{self.name}: sums up to {worst} exceed int64")
@@ -255,20 +253,20 @@ class FixedPointNet:
         for i, (q, synapse) in enumerate(zip(self.qnet.layers, self._synapses)):
             b, n_t = spikes.shape[:2]
             rows = spikes.reshape(b * n_t, *spikes.shape[2:])
-            a_all = synapse(rows, max_payload=None if i == 0 else 1)  # all steps at once; a LIF's spikes are 0/1
-            spikes = _lif_spikes(a_all.reshape(b, n_t, *a_all.shape[1:]), q)
+            a_all = synapse(rows)  # all steps at once
+            spikes = _lif_spikes(a_all.reshape(b, n_t, *a_all.shape[1:]), q)  # bool: the next synapse skips its graded check
             if record:
-                recorded.append(spikes)
+                recorded.append(spikes.view(torch.uint8))
         counts = spikes.sum(1, dtype=torch.int64).reshape(spikes.shape[0], -1)
         return (counts, recorded) if record else counts
 
 
 def _lif_spikes(a: torch.Tensor, q: QuantizedLayer) -> torch.Tensor:
-    """Layer q's LIF over its synaptic input a [B, T, ...] -> spikes [B, T, ...] uint8, the
-    samples split across threads."""
+    """Layer q's LIF over its synaptic input a [B, T, ...] -> spikes [B, T, ...] as bool (the
+    0/1 bytes the kernel writes), the samples split across threads."""
     spikes = torch.empty(a.shape, dtype=torch.uint8)
     _split_rows(a.shape[0], lambda lo, hi: lif_run_fixed_point(a[lo:hi], q.v_decay, q.vth_mant, out=spikes[lo:hi]))
-    return spikes
+    return spikes.view(torch.bool)
 
 
 def fan_out(q: QuantizedLayer) -> torch.Tensor:
