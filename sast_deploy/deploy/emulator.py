@@ -250,10 +250,9 @@ class FixedPointNet:
         also every layer's spikes [B, T, ...] (uint8)."""
         spikes = frames  # [B, T, ...]: samples stay first, so no layer's input is transposed
         recorded = []
-        for i, (q, synapse) in enumerate(zip(self.qnet.layers, self._synapses)):
+        for q, synapse in zip(self.qnet.layers, self._synapses):
             b, n_t = spikes.shape[:2]
-            rows = spikes.reshape(b * n_t, *spikes.shape[2:])
-            a_all = synapse(rows)  # all steps at once
+            a_all = synapse(spikes.reshape(b * n_t, *spikes.shape[2:]))  # all steps at once
             spikes = _lif_spikes(a_all.reshape(b, n_t, *a_all.shape[1:]), q)  # bool: the next synapse skips its graded check
             if record:
                 recorded.append(spikes.view(torch.uint8))
