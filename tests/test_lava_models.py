@@ -186,6 +186,102 @@ def test_emulator_float_type_keeps_large_sums_exact():
     assert e.input_spikes == [2 * 70_001.0]
 
 
+SYNAPSE_CASES = [  # (C_in, H, W, C_out, kernel, stride, padding, groups, weight magnitude)
+    (2, 34, 34, 8, (5, 5), (2, 2), (0, 0), 1, 128),  # the benchmark's conv
+    (8, 15, 15, 8, (2, 2), (2, 2), (0, 0), 8, 128),  # its sum-pool (one vector lane per group), border cropped
+    (2, 9, 8, 3, (3, 2), (1, 2), (1, 0), 1, 128),  # asymmetric kernel, stride, padding
+    (4, 7, 6, 6, (3, 3), (1, 1), (3, 2), 2, 128),  # groups of 3 output channels, padding past the kernel
+    (3, 5, 5, 5, (1, 1), (1, 1), (0, 0), 1, 1 << 23),  # sums past 2^23 (wrap), int32 accumulator
+    (2, 6, 7, 4, (3, 3), (2, 1), (1, 1), 1, 1 << 28),  # sums past 2^31: int64 accumulator, wrap
+]
+
+
+@pytest.mark.parametrize("case", SYNAPSE_CASES)
+@pytest.mark.parametrize("density", [0.0, 0.05, 1.0])
+@pytest.mark.parametrize("payload", ["binary", "uint8", "int8", "int64"])
+def test_event_driven_conv_synapse_is_the_integer_conv(case, density, payload):
+    """The emulator's conv synapse (a scatter of weight vectors) against an exact conv2d in
+    float64 (|sums| < 2^53 here) plus PyConvModelFixed's 24-bit wrap: extreme weights, every
+    input silent or spiking, graded payloads (up to 255 in uint8, negative ones in int8 and int64)."""
+    from sast_deploy.deploy.emulator import _ConvSynapse
+    from sast_deploy.deploy.quantize import QuantizedLayer
+
+    c_in, h, w, c_out, kernel, stride, padding, groups, top = case
+    rng = np.random.default_rng(h * w + c_out)
+    weight = rng.integers(-top, top, size=(c_out, c_in // groups, *kernel))
+    weight.flat[:2] = [-top, top - 1]
+    out_shape = (c_out, (h + 2 * padding[0] - kernel[0]) // stride[0] + 1, (w + 2 * padding[1] - kernel[1]) // stride[1] + 1)
+    q = QuantizedLayer("conv", weight, 100, 0, 4096, 1.0, (c_in, h, w), out_shape, stride, padding, groups)
+    x = (rng.random((11, c_in, h, w)) < density).astype(np.uint8)
+    if payload == "uint8":
+        x *= rng.integers(1, 256, size=x.shape).astype(np.uint8)
+        x.flat[0] = 255
+    elif payload == "int8":  # -128: its magnitude is past int8
+        x = (x * rng.integers(-128, 128, size=x.shape)).astype(np.int8)
+        x.flat[0] = -128
+    elif payload == "int64":
+        x = x * rng.integers(-1000, 1000, size=x.shape)
+    exact = F.conv2d(torch.from_numpy(x).double(), torch.from_numpy(weight).double(), stride=stride, padding=padding,
+                     groups=groups).to(torch.int64)
+    half = 1 << (LOIHI_STATE_BITS - 1)
+    expected = torch.remainder(exact + half, 2 * half) - half
+    x_in = torch.from_numpy(x).bool() if payload == "binary" else torch.from_numpy(x)  # bool: binary by type
+    got = _ConvSynapse(q, "conv")(x_in)
+    assert torch.equal(got.to(torch.int64), expected)
+    max_sum = int(exact.abs().max()) if density else 0
+    # the documented bound: max over outputs of sum |w|, times max |payload|
+    bound = int(np.abs(weight).reshape(c_out, -1).sum(1).max()) * (1 if payload == "binary" else int(np.abs(x.astype(np.int64)).max()))
+    assert got.dtype == (torch.int64 if bound >= 1 << 31 else torch.int32)
+    if top >= 1 << 28 and (density or payload == "binary"):
+        assert got.dtype == torch.int64  # the int64 accumulator is exercised
+    if density and top > 1 << 20:
+        assert max_sum >= half and not torch.equal(exact, expected)  # the wrap is exercised
+    if density == 1.0:
+        assert max_sum > 0
+
+
+def test_conv_synapse_refuses_sums_past_int64():
+    from sast_deploy.deploy.emulator import _ConvSynapse
+    from sast_deploy.deploy.quantize import QuantizationError, QuantizedLayer
+
+    weight = np.array([[[[1 << 61, 1 << 61], [(1 << 61) + 3, 0]]]])  # binary sums up to 3 * 2^61 + 3 < 2^63
+    q = QuantizedLayer("conv", weight, 100, 0, 4096, 1.0, (1, 3, 3), (1, 2, 2))
+    x = torch.ones((1, 1, 3, 3), dtype=torch.uint8)
+    a = _ConvSynapse(q, "conv")(x)
+    assert a.dtype == torch.int64 and a.tolist() == [[[[3, 3], [3, 3]]]]  # 3 * 2^61 + 3 wrapped to 24 bits
+    with pytest.raises(QuantizationError, match="layer 0 .conv.: sums up to .* exceed int64"):
+        _ConvSynapse(q, "layer 0 (conv)")(x * 2)
+
+
+@pytest.mark.parametrize("threads", [2, 3])
+def test_emulator_splits_rows_across_threads_exactly(threads):
+    """torch.get_num_threads() > 1: the conv rows and the LIF's samples go to threads in
+    slices (7 samples in 3 uneven slices); the counts and the recorded spikes are those of
+    one thread."""
+    qnet = random_conv_net(50, channels=6, kernel=(2, 3), stride=(2, 1), padding=(0, 1), groups=2, vths=(100, 60, 100))
+    frames = torch.from_numpy(random_spikes(51, 7, 9, qnet.input_shape, 0.3))
+    emulator = FixedPointNet(qnet)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        counts, spikes = emulator.run(frames, record=True)
+        torch.set_num_threads(threads)
+        threaded, threaded_spikes = emulator.run(frames, record=True)
+    finally:
+        torch.set_num_threads(before)
+    assert torch.equal(threaded, counts) and all(torch.equal(a, b) for a, b in zip(threaded_spikes, spikes))
+    np.testing.assert_array_equal(counts.numpy(), _reference_counts(qnet, frames.numpy()))
+    assert counts.sum() > 0
+
+
+def test_emulator_refuses_frames_that_are_not_integers():
+    qnet = random_conv_net(0)
+    frames = torch.from_numpy(random_spikes(1, 2, 3, qnet.input_shape)).float()
+    assert torch.equal(emulate_counts(qnet, frames * 2), emulate_counts(qnet, (frames * 2).to(torch.uint8)))
+    with pytest.raises(ValueError, match="integer"):
+        emulate_counts(qnet, frames * 0.5)
+
+
 # --- the event-driven Conv model against Lava's stock one -----------------------------------
 
 CONV_CASES = [  # (C_in, C_out, kernel (x, y), stride, padding, dilation, groups, W, H, density, weight range)
@@ -247,6 +343,7 @@ NET_CASES = [  # random_conv_net's keywords
     dict(),
     dict(kernel=(2, 3), stride=(2, 1), padding=(0, 1), channels=6, groups=2, vths=(100, 60, 100)),
     dict(in_shape=(2, 12, 12), kernel=(5, 5), stride=(4, 4), padding=(2, 2), pool=False, vths=(300, 0, 150)),
+    dict(in_shape=(2, 34, 34), channels=8, kernel=(5, 5), stride=(2, 2), padding=(0, 0), vths=(225, 60, 20)),  # the benchmark's
 ]
 
 

@@ -13,8 +13,11 @@ from sast_deploy.functional.lif import (
     arctan_sigmoid_grad,
     hard_sigmoid,
     heaviside_strict,
+    LOIHI_STATE_BITS,
     lif_parameters,
+    lif_run_fixed_point,
     lif_step,
+    lif_step_fixed_point,
     straight_through,
 )
 from sast_deploy.training.model import LIF, ModelConfig, build_model, predict
@@ -166,3 +169,27 @@ def test_exact_float_is_the_narrowest_float_whose_integers_cover_the_sums():
     for name, limit in (("float32", 2**24), ("float64", 2**53)):
         dtype = np.dtype(name).type
         assert int(dtype(limit)) == limit and int(dtype(limit + 1)) != limit + 1
+
+
+@pytest.mark.parametrize("dv, vth", [(0, 0), (410, 225), (4095, 131071), (4096, 100), (1, 3)])
+@pytest.mark.parametrize("dtype", [torch.int32, torch.int64])
+def test_lif_run_fixed_point_is_the_step_function_over_time(dv, vth, dtype):
+    """The compiled time loop against lif_step_fixed_point step by step: inputs from silent to
+    past the 24-bit range (u wraps once, v saturates at +-(2^23 - 1)), both int widths."""
+    rng = np.random.default_rng(dv + vth)
+    scale = 2.0 ** rng.integers(0, 20, size=(4, 40, 37))  # magnitudes 1 .. 2^19 (u = a << 6: up to 2^25)
+    a = torch.from_numpy((rng.standard_normal((4, 40, 37)) * scale).astype(np.int64))
+    a[0, :6, :6] = torch.tensor([1 << 17, -(1 << 17), (1 << 17) + 1, (1 << 18) - 1, -(1 << 18), (1 << 19) + 5])
+    v, expected, saturated = torch.zeros_like(a[:, 0]), [], False
+    for t in range(a.shape[1]):
+        s, v = lif_step_fixed_point(a[:, t], v, dv, vth)
+        expected.append(s)
+        saturated |= bool((v.abs() == (1 << (LOIHI_STATE_BITS - 1)) - 1).any())
+    expected = torch.stack(expected, 1).to(torch.uint8)
+    got = lif_run_fixed_point(a.to(dtype).reshape(4, 40, 37, 1), dv, vth)
+    assert got.dtype == torch.uint8 and got.shape == (4, 40, 37, 1)
+    assert torch.equal(got.reshape(expected.shape), expected)
+    assert 0 < int(expected.sum()) < expected.numel()
+    assert saturated  # the clamp at -(2^23 - 1) is reached
+    with pytest.raises(TypeError, match="integers"):
+        lif_run_fixed_point(a.float(), dv, vth)
