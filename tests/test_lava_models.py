@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from sast_deploy.data.frames import FramesError
 from sast_deploy.deploy.export import read_netx, write_netx
 from sast_deploy.functional.lif import LOIHI_STATE_BITS, lif_step_fixed_point
 from sast_deploy.deploy.emulator import FixedPointNet, emulate, emulate_counts
@@ -278,8 +279,10 @@ def test_emulator_refuses_frames_that_are_not_integers():
     qnet = random_conv_net(0)
     frames = torch.from_numpy(random_spikes(1, 2, 3, qnet.input_shape)).float()
     assert torch.equal(emulate_counts(qnet, frames * 2), emulate_counts(qnet, (frames * 2).to(torch.uint8)))
-    with pytest.raises(ValueError, match="integer"):
+    with pytest.raises(FramesError, match="whole numbers"):  # the API's boundary (as_frames)
         emulate_counts(qnet, frames * 0.5)
+    with pytest.raises(ValueError, match="integer"):  # FixedPointNet.run called directly
+        FixedPointNet(qnet).run(frames * 0.5)
 
 
 # --- the event-driven Conv model against Lava's stock one -----------------------------------
