@@ -135,7 +135,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     from simulation_speed import random_network_and_frames, run_network_and_frames  # noqa: E402  (benchmarks/ on sys.path as a script)
 
-    from sast_deploy.deploy.simulate import simulate_lava
+    from sast_deploy.deploy.simulate import simulate_quantized
 
     if args.run:
         qnet, frames = run_network_and_frames(args.run, args.samples)
@@ -144,7 +144,7 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp)
         with instrumented(out):
-            res = simulate_lava(qnet, np.asarray(frames), progress=False, copies=args.copies, event_driven=not args.stock, chunks=1)
+            res = simulate_quantized(qnet, np.asarray(frames), progress=False, copies=args.copies, event_driven=not args.stock, chunks=1)
         steps = res.timesteps
         print(f"{'stock' if args.stock else 'event-driven'} models, K = {args.copies}: {res.samples_per_s:.1f} samples/s")
         print(breakdown(out, steps, 1e6 * res.seconds / steps))

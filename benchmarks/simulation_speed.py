@@ -29,7 +29,7 @@ import torch
 from sast_deploy.deploy.emulator import FixedPointNet, emulate_counts
 from sast_deploy.deploy.export import read_netx
 from sast_deploy.deploy.quantize import QuantizedNet, load_spec, quantize
-from sast_deploy.deploy.simulate import simulate_lava
+from sast_deploy.deploy.simulate import simulate_quantized
 
 
 def run_network_and_frames(run: str, samples: int) -> Tuple[QuantizedNet, torch.Tensor]:
@@ -94,7 +94,7 @@ def lava_row(name: str, qnet: QuantizedNet, frames: torch.Tensor, **kwargs) -> R
     """One Lava configuration: samples/s of its run (after build and compile, as Lava times
     it), and CPU ms per sample of the whole call (build, compile and workers included)."""
     c0 = cpu_seconds()
-    res = simulate_lava(qnet, frames.numpy(), progress=False, **kwargs)
+    res = simulate_quantized(qnet, frames.numpy(), progress=False, **kwargs)
     cpu = 1e3 * (cpu_seconds() - c0) / res.samples
     print(f"  ({name}: compiled in {res.compile_seconds:.1f} s, ran in {res.seconds:.1f} s)", flush=True)
     return name, res.samples_per_s, cpu, res.counts
