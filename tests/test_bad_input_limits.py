@@ -222,11 +222,18 @@ def test_calibrate_fraction_is_in_0_1(trained_run, tmp_path, capsys, value):
     assert not (tmp_path / "cal").exists()
 
 
-@pytest.mark.parametrize("value,message", [("abc", "expected an integer, got 'abc'"), ("", "expected an integer, got ''"),
-                                           ("8,9", "must be in [2, 8], got 9"), ("8,8", "each width once")])
-def test_precision_bits_are_checked(trained_run, capsys, value, message):
-    code, err = cli_error(capsys, "precision", trained_run, "--bits", value)
-    assert code == 2 and f"argument --bits: {message}" in err
+@pytest.mark.parametrize("value,message", [
+    ("abc", "argument --bits: expected integers separated by commas, got 'abc'"),
+    ("", "argument --bits: expected integers separated by commas, got ''"),
+    ("8,9", "target loihi2: weight_bits must be <= 8, got 9"),
+    ("1,8", "target loihi2: weight_bits must be >= 2, got 1"),
+    ("8,8", "weight bits: each width once, got 8,8")])
+def test_precision_bits_are_checked(tmp_path, capsys, value, message):
+    # the widths are the library's to check (precision_table, by the target spec), before any run is read:
+    # the run here is an empty folder, whose error would show if they were not
+    code, err = cli_error(capsys, "precision", tmp_path, "--bits", value)
+    assert code == 2 and err == f"sast-deploy precision: error: {message}"
+    assert list(tmp_path.iterdir()) == []
 
 
 # --- 15. class folders of a real dataset -------------------------------------------------------
