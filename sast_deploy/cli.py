@@ -218,17 +218,6 @@ def count(text: str) -> int:
     return value
 
 
-def fraction(text: str) -> float:
-    """An argparse type: a number in (0, 1] (nan and inf are not)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {text!r}") from None
-    if not 0 < value <= 1:  # false for nan
-        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {text}")
-    return value
-
-
 def int_list(text: str) -> tuple:
     """An argparse type: comma-separated integers ('8,6,4'); the library checks their values."""
     try:
@@ -355,7 +344,7 @@ def add_calibrate(sub, o: Shared) -> None:
     p = sub.add_parser("calibrate", parents=[o.quiet, o.out("run directory for the calibrated network", required=True)],
                        help="post-hoc per-layer threshold calibration of a run on a split of its training data")
     p.add_argument("run_dir")
-    p.add_argument("--fraction", type=fraction, default=0.1, help="runs trained with data.val_fraction = 0 only (others calibrate on their validation split): fraction of training source images used for calibration, in (0, 1]")
+    p.add_argument("--fraction", type=float, default=0.1, help="runs trained with data.val_fraction = 0 only (others calibrate on their validation split): fraction of training source images used for calibration, in (0, 1]")
     p.set_defaults(func=cmd_calibrate)
 
 

@@ -217,10 +217,13 @@ def test_intact_frame_cache_reads(cache_copy, small_data):
 # --- 13, 14. option values ----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("value", ["2", "nan", "inf", "0", "-1", "abc"])
-def test_calibrate_fraction_is_in_0_1(trained_run, tmp_path, capsys, value):
+@pytest.mark.parametrize("value,message", [(v, f"calibration fraction must be in (0, 1], got {float(v)}")
+                                           for v in ("2", "nan", "inf", "0", "-1")]
+                                          + [("abc", "argument --fraction: invalid float value: 'abc'")])
+def test_calibrate_fraction_is_in_0_1(trained_run, tmp_path, capsys, value, message):
+    # checked by the library (calibrate_run) before the output folder is made; the CLI parses the number
     code, err = cli_error(capsys, "calibrate", trained_run, "--out", tmp_path / "cal", "--fraction", value)
-    assert code == 2 and "--fraction" in err
+    assert code == 2 and err == f"sast-deploy calibrate: error: {message}"
     assert not (tmp_path / "cal").exists()
 
 
