@@ -202,7 +202,9 @@ def cmd_tune(args) -> int:
     return 0
 
 
-# --- option values: argparse types that check the range (argparse reports them, exit 2) ------
+# --- option values: argparse types for their syntax (argparse reports them, exit 2). The library
+# checks what they mean (weight widths, seeds, fractions, file counts), once for the CLI and Python;
+# only a sample count's sign is checked here, since the library reads any count <= 0 as 'all'.
 
 
 def count(text: str) -> int:
