@@ -349,8 +349,11 @@ def test_write_dataset_never_overwrites(tmp_path, capsys):
     (tmp_path / "NMNIST").mkdir()
     code, err = _cli(capsys, "write-dataset", "synthetic-nmnist", "--out", tmp_path, "--set", "data.synthetic.max_sources=20")
     assert code == 2 and "NMNIST: already exists" in err
-    code, err = _cli(capsys, "write-dataset", "synthetic-nmnist", "--out", tmp_path / "x", "--train", "10")
-    assert code == 2 and "--train and --test" in err and not (tmp_path / "x" / "NMNIST").exists()
+    for counts, shown in ((["--train", "10"], "train=10, test=0"), (["--train", "-1", "--test", "5"], "train=-1, test=5")):
+        # checked by the library (write_tonic_tree) before anything is generated or written
+        code, err = _cli(capsys, "write-dataset", "synthetic-nmnist", "--out", tmp_path / "x", *counts)
+        assert code == 2 and err.strip() == f"sast-deploy write-dataset: error: file counts: give both train and test, each >= 1, got {shown}"
+        assert not (tmp_path / "x").exists()
 
 
 # --- issue 20 ------------------------------------------------------------------------------

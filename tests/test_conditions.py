@@ -9,7 +9,8 @@ import torch
 from sast_deploy.cli import main
 from sast_deploy.deploy.export import read_netx, write_netx
 from sast_deploy.deploy.emulator import emulate, fan_out
-from sast_deploy.deploy.quantize import Loihi2Spec, QuantizedLayer, QuantizedNet, quantize
+from sast_deploy.deploy.quantize import Loihi2Spec, QuantizationError, QuantizedLayer, QuantizedNet, load_spec, quantize
+from sast_deploy.analysis.precision import precision_table, sweep_specs
 from sast_deploy.analysis.robustness import FlipPolarity, corrupted_frames, split_events
 from sast_deploy.deploy.simulate import simulate_lava
 from sast_deploy.training.runs import load_run
@@ -73,6 +74,14 @@ def test_corruptions_are_seeded_and_change_the_input(trained_run):
     ev = events[0]
     flipped = FlipPolarity(p=1.0)(ev)
     assert np.array_equal(flipped["p"], 1 - ev["p"]) and np.array_equal(flipped["t"], ev["t"])
+
+
+def test_precision_sweep_is_the_default_spec_at_each_width_checked_before_any_run(tmp_path):
+    specs = sweep_specs((8, 4))
+    assert [(s.weight_bits, s.vth_bits) for s in specs] == [(8, load_spec().vth_bits), (4, load_spec().vth_bits)]
+    for bits, message in (((8, 9), "weight_bits must be <= 8, got 9"), ((4, 4), "each width once")):
+        with pytest.raises(QuantizationError, match=message):
+            precision_table([tmp_path / "no-such-run"], bits)
 
 
 @pytest.mark.slow

@@ -4,27 +4,36 @@ Accuracies are percent."""
 
 from __future__ import annotations
 
-import dataclasses
 import statistics
-from typing import Dict
+from typing import Dict, List, Sequence
 
 from ..data.datasets import load_dataset
 from ..deploy.emulator import emulate
-from ..deploy.quantize import load_spec, quantize
+from ..deploy.quantize import Loihi2Spec, QuantizationError, load_spec, quantize, with_weight_bits
 from ..training.evaluate import accuracy_pct
 from ..training.runs import load_run
 
 
+def sweep_specs(bits: Sequence[int]) -> List[Loihi2Spec]:
+    """The default target spec at each weight mantissa width of ``bits`` (bits, each once); a
+    width the target does not take, or one given twice, is a QuantizationError."""
+    if len(set(bits)) != len(bits):
+        raise QuantizationError(f"weight bits: each width once, got {','.join(map(str, bits))}")
+    spec = load_spec()
+    return [with_weight_bits(spec, b) for b in bits]
+
+
 def precision_table(run_dirs, bits=(8, 6, 4), progress: bool = False) -> Dict[str, object]:
     """Hard-spike accuracy of the quantized emulator at each weight precision, per run and as
-    mean ± std per optimizer (full test split)."""
+    mean ± std per optimizer (full test split). The widths are checked before any run is read."""
+    specs = sweep_specs(bits)
     rows = []
     for run in run_dirs:
         model, recipe, metrics = load_run(run)
         _, test = load_dataset(recipe.data, progress=progress)
         row = {"run": str(run), "optimizer": recipe.optimizer.name, "hard_float": metrics.get("hard_accuracy")}
-        for b in bits:
-            e = emulate(quantize(model, dataclasses.replace(load_spec(), weight_bits=b)), test.frames)
+        for b, spec in zip(bits, specs):
+            e = emulate(quantize(model, spec), test.frames)
             row[f"w{b}"] = accuracy_pct(e.counts, test.labels)
             row[f"synops_w{b}"] = e.synops_per_sample
         rows.append(row)

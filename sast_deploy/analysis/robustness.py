@@ -108,7 +108,7 @@ def robustness(run_dirs: Sequence[str | Path], seed: int = 0, progress: bool = T
     from tqdm import tqdm
 
     if not 0 <= seed <= SEED_MAX:  # numpy's global seeding (tonic's transforms) takes no other
-        raise RunError(f"robustness: seed must be in [0, {SEED_MAX}], got {seed}")
+        raise RunError(f"corruption seed must be in [0, {SEED_MAX}], got {seed}")
     runs = [(str(r), *load_run(r)) for r in run_dirs]
     data_cfgs = {json.dumps(dataclasses.asdict(r[2].data), sort_keys=True, default=str) for r in runs}
     if len(data_cfgs) > 1:

@@ -110,10 +110,13 @@ def write_tonic_tree(cfg: DataConfig, out: str | Path, counts: Optional[Dict[str
                      progress: bool = True) -> Path:
     """Write the generated dataset ``cfg`` (its recipe subsets applied) as files in tonic's
     layout under ``out``; ``counts`` = {"train": N, "test": M} picks or repeats recordings to
-    reach N and M files. Returns the dataset folder. The folder is written beside its final
+    reach N and M files (both, each >= 1). Returns the dataset folder. The folder is written beside its final
     name and renamed when complete; an existing one is an error, never overwritten."""
     from tqdm import tqdm
 
+    if counts is not None and (set(counts) != {"train", "test"} or min(counts.values()) < 1):
+        shown = ", ".join(f"{k}={v}" for k, v in counts.items())
+        raise DataError(f"file counts: give both train and test, each >= 1, got {shown}")
     if cfg.name not in LAYOUTS:
         raise DataError(f"data.name: only the generated datasets ({', '.join(LAYOUTS)}) can be written, not {cfg.name!r}")
     layout = LAYOUTS[cfg.name]

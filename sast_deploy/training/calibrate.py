@@ -159,7 +159,10 @@ RUN_FILES = ("model.pt", "checkpoint.pt", "metrics.json")  # a folder holding an
 
 def calibrate_run(run_dir: str | Path, out_dir: str | Path, fraction: float = 0.1, progress: bool = True) -> Dict[str, object]:
     """Calibrate a trained run's thresholds into a new run directory (locked meanwhile); see
-    :func:`check_calibration_target` for the directories it refuses."""
+    :func:`check_calibration_target` for the directories it refuses. ``fraction`` (of the
+    training source images, for a run without a validation split) must lie in (0, 1]."""
+    if not 0 < fraction <= 1:  # false for nan; refused before the output folder is locked (made)
+        raise RunError(f"calibration fraction must be in (0, 1], got {fraction}")
     with run_lock(out_dir, "calibrate"):
         check_calibration_target(Path(run_dir), Path(out_dir))
         return _calibrate_run(run_dir, Path(out_dir), fraction, progress)
