@@ -44,12 +44,12 @@ def run_network_and_frames(run: str, samples: int) -> Tuple[QuantizedNet, torch.
 
 
 # Random networks: (ModelConfig fields, input (P, H, W), classes, weight gain). "gesture" is
-# the net train/dvsgesture.toml trains (conv 16 channels 5x5 stride 4, dense 64, 11 classes
+# the net train/dvsgesture.toml trains (conv 32 channels 5x5 stride 4, dense 64, 11 classes
 # on the 2x32x32 downsampled sensor); "conv" a conv 5x5 stride 2, 8 channels, 2x2 sum-pool, dense 10.
 RANDOM_NETWORKS = {
     "mlp": (dict(hidden=(128,)), (2, 34, 34), 10, 4.0),
     "conv": (dict(arch="conv", hidden=(), conv_channels=8, conv_stride=2, pool=2), (2, 34, 34), 10, 4.0),
-    "gesture": (dict(arch="conv", hidden=(64,), conv_channels=16, conv_kernel=5, conv_stride=4, pool=0),
+    "gesture": (dict(arch="conv", hidden=(64,), conv_channels=32, conv_kernel=5, conv_stride=4, pool=0),
                 (2, 32, 32), 11, 3.0),
 }
 
